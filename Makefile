@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU build of torch; any other spec pulls gigabytes of CUDA wheels.
+TORCH  := torch==2.13.0
+
+.PHONY: install kubectl demo test lint images clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  echo "installing kubectl (for kubectl kustomize)"; \
+	  apt-get update -qq && apt-get install -y -qq kubectl; }
+
+demo: $(STAMP)
+	$(VENV)/bin/adaseg demo $(DEMO_ARGS)
+
+test: $(STAMP) kubectl
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+images:
+	docker build -f controller_service/Dockerfile -t adaseg-controller:0.1.0 .
+	docker build -f trainer_image/Dockerfile -t adaseg-trainer:0.1.0 .
+
+clean:
+	rm -rf outputs .pytest_cache

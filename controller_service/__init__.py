@@ -1,0 +1,1 @@
+"""Ada-Segment controller: policy mathematics, run state machine, REST service and client."""

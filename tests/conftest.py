@@ -1,0 +1,6 @@
+"""Shared fixtures: each area keeps its own in tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.net",
+    "tests.fixtures.s3",
+]
