@@ -3,4 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.net",
     "tests.fixtures.s3",
+    "tests.fixtures.controller",
+    "tests.fixtures.data",
 ]

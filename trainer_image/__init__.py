@@ -1,0 +1,1 @@
+"""Ada-Segment trainer: data, models, PQ, weighted training, worker and transfer runs."""

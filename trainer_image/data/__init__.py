@@ -1,0 +1,1 @@
+"""COCO panoptic format: reading, writing, synthesis and splits."""
