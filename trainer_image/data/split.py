@@ -1,0 +1,54 @@
+"""The paper's proxy split: part of a training set held out as validation.
+
+Ada-Segment rewards each population member by PQ on a proxy validation split
+carved from the training set (10k COCO train images in the paper), so the real
+validation set never steers the search. The split depends only on the set of
+image ids and the seed: not on the JSON's order, not on the machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer_image.data.coco_panoptic import ImageId, PanopticSplit
+
+
+def proxy_val_count(n_images: int, proxy_val: float | int) -> int:
+    """How many of ``n_images`` go to proxy-val: a fraction in (0, 1) (rounded,
+    at least 1) or a count; both sides must keep at least one image."""
+    if isinstance(proxy_val, bool) or not isinstance(proxy_val, int | float):
+        raise ValueError(f"proxy_val must be a fraction or a count, got {proxy_val!r}")
+    if n_images < 2:
+        raise ValueError(f"a proxy split needs at least 2 images, the split has {n_images}")
+    if isinstance(proxy_val, float):
+        if not 0.0 < proxy_val < 1.0:
+            raise ValueError(f"proxy_val as a fraction must lie in (0, 1), got {proxy_val}")
+        return min(n_images - 1, max(1, round(proxy_val * n_images)))
+    if not 1 <= proxy_val <= n_images - 1:
+        raise ValueError(
+            f"proxy_val as a count must lie in [1, {n_images - 1}] for {n_images} images, "
+            f"got {proxy_val}"
+        )
+    return proxy_val
+
+
+def _canonical_order(image_ids: list[ImageId]) -> list[ImageId]:
+    # ints and strs never compare with each other: the type name goes first
+    return sorted(image_ids, key=lambda i: (type(i).__name__, i))
+
+
+def proxy_split(
+    split: PanopticSplit, proxy_val: float | int, seed: int = 0
+) -> tuple[PanopticSplit, PanopticSplit]:
+    """``(proxy_train, proxy_val)``: disjoint, together the whole split,
+    deterministic in ``(image ids, proxy_val, seed)``.
+
+    ``proxy_val`` is a fraction in (0, 1) (a ``float``) or an image count (an
+    ``int``). Both halves keep the records in the split's order.
+    """
+    ids = _canonical_order([r.image_id for r in split.records])
+    count = proxy_val_count(len(ids), proxy_val)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    val_ids = {ids[i] for i in order[:count].tolist()}
+    train_ids = [i for i in ids if i not in val_ids]
+    return split.subset(train_ids), split.subset(val_ids)
