@@ -1,0 +1,36 @@
+"""examples/external_trainer.py runs against a real controller with a finished run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from controller_service.client import ControllerClient
+from tests.fixtures.controller import ControllerProcess
+from tests.test_transfer import finish_run_with_fake_trainer
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "external_trainer.py"
+
+
+def test_external_trainer_gets_its_weights_from_the_policy(controller: ControllerProcess) -> None:
+    client = ControllerClient(controller.url)
+    run = client.create_run(["classification", "regression"], population=2, rounds=2, seed=5)
+    finish_run_with_fake_trainer(client, run["id"], {"classification": 1.1, "regression": 120.0})
+
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--controller", controller.url, "--run", run["id"]]
+        + ["--epochs", "3"],
+        env=controller.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    epochs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert epochs[0]["weights"] == {"classification": 1.0, "regression": 1.0}
+    for before, after in zip(epochs, epochs[1:], strict=False):
+        expected = client.weights(run["id"], before["losses"], epoch=before["epoch"], epochs=3)
+        assert after["weights"] == expected["weights"]

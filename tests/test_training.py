@@ -1,0 +1,223 @@
+"""The weighted training step: head learning rates, schedule, divergence, stopping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainer_image.training import (
+    TrainConfig,
+    Trainer,
+    apply_weights,
+    build_param_groups,
+    clip_gradients,
+    cosine_factor,
+    forever,
+    set_learning_rates,
+)
+from trainer_image.weighting import FixedWeights, UncertaintyWeighting
+
+
+class TwoHeadNet(nn.Module):
+    """The trainer contract at its smallest: a shared layer, two heads, two named losses."""
+
+    loss_names = ("a", "b")
+
+    def __init__(self, nan_at_call: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Linear(3, 4)
+        self.head_a = nn.Linear(4, 1)
+        self.head_b = nn.Linear(4, 1)
+        self.nan_at_call = nan_at_call
+        self.calls = 0
+        self.seen: list[dict[str, float]] = []
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        features = torch.relu(self.backbone(batch["x"]))
+        losses = {
+            "a": (self.head_a(features).squeeze(1) - batch["ya"]).pow(2).mean(),
+            "b": (self.head_b(features).squeeze(1) - batch["yb"]).abs().mean(),
+        }
+        if self.calls == self.nan_at_call:
+            losses["b"] = losses["b"] * math.nan
+        self.seen.append({name: float(loss.detach()) for name, loss in losses.items()})
+        return losses
+
+    def loss_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {"a": list(self.head_a.parameters()), "b": list(self.head_b.parameters())}
+
+
+def make_batches(count: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [
+        {
+            "x": torch.randn(size, 3, generator=generator),
+            "ya": torch.randn(size, generator=generator),
+            "yb": 10 * torch.randn(size, generator=generator),
+        }
+        for _ in range(count)
+    ]
+
+
+PLAIN = TrainConfig(lr=0.1, momentum=0.0, weight_decay=0.0, grad_clip=None, log_every=0)
+
+
+def test_param_groups_put_each_head_at_lr_over_lambda() -> None:
+    model = TwoHeadNet()
+    groups = build_param_groups(model)
+    assert [g["name"] for g in groups] == ["shared", "head:a", "head:b"]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    config = TrainConfig(lr=0.02)
+    optimizer = torch.optim.SGD(groups, lr=config.lr)
+    apply_weights(optimizer, {"a": 4.0, "b": 0.5}, config)
+    factor = set_learning_rates(optimizer, 0, 100, config)
+    assert factor == 1.0
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.02, 0.005, 0.04])
+    # Weights change between intervals: the head rates follow.
+    apply_weights(optimizer, {"a": 1.0, "b": 2.0}, config)
+    set_learning_rates(optimizer, 50, 100, config)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.01, 0.005])
+    off = TrainConfig(lr=0.02, head_lr_scaling=False)
+    apply_weights(optimizer, {"a": 4.0, "b": 0.5}, off)
+    set_learning_rates(optimizer, 0, 100, off)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.02, 0.02, 0.02])
+
+
+def test_a_shared_parameter_claimed_by_two_losses_stays_shared() -> None:
+    model = TwoHeadNet()
+    model.loss_parameters = lambda: {  # type: ignore[method-assign]
+        "a": [*model.head_a.parameters(), model.backbone.weight],
+        "b": [*model.head_b.parameters(), model.backbone.weight],
+    }
+    groups = {g["name"]: g["params"] for g in build_param_groups(model)}
+    assert any(p is model.backbone.weight for p in groups["shared"])
+    assert all(p is not model.backbone.weight for p in groups["head:a"] + groups["head:b"])
+
+
+def test_head_step_does_not_depend_on_its_weight_but_the_backbone_step_does() -> None:
+    """Head gradient λ∇l at lr/λ moves the head by lr∇l whatever λ is (plain SGD)."""
+    steps = {}
+    for weight in (1.0, 8.0):
+        model = TwoHeadNet()
+        trainer = Trainer(model, PLAIN, total_iterations=1000)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        trainer.train_interval(iter(make_batches(1)), FixedWeights({"a": weight, "b": 1.0}), 1)
+        steps[weight] = {k: model.state_dict()[k] - before[k] for k in before}
+    assert torch.allclose(steps[1.0]["head_a.weight"], steps[8.0]["head_a.weight"], atol=1e-7)
+    assert torch.equal(steps[1.0]["head_b.weight"], steps[8.0]["head_b.weight"])
+    assert not torch.allclose(steps[1.0]["backbone.weight"], steps[8.0]["backbone.weight"])
+
+
+def test_cosine_factor_by_hand() -> None:
+    assert cosine_factor(0, 10) == 1.0
+    assert cosine_factor(5, 10) == pytest.approx(0.5)
+    assert cosine_factor(10, 10) == pytest.approx(0.0)
+    assert cosine_factor(25, 10) == pytest.approx(0.0)
+    assert cosine_factor(5, 10, min_factor=0.2) == pytest.approx(0.2 + 0.8 * 0.5)
+    with pytest.raises(ValueError):
+        cosine_factor(0, 0)
+
+
+def test_two_intervals_follow_one_schedule() -> None:
+    """Two intervals of 3 iterations train exactly as one of 6: the cosine spans the run."""
+    batches = make_batches(6)
+    config = TrainConfig(lr=0.05, grad_clip=None, log_every=0)
+    whole_model = TwoHeadNet()
+    whole = Trainer(whole_model, config, total_iterations=6)
+    whole.train_interval(iter(batches), FixedWeights.equal("ab"), 6)
+
+    split_model = TwoHeadNet()
+    split = Trainer(split_model, config, total_iterations=6)
+    stream = iter(batches)
+    first = split.train_interval(stream, FixedWeights.equal("ab"), 3)
+    assert split.iteration == 3
+    assert split.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * cosine_factor(2, 6))
+    split.train_interval(stream, FixedWeights.equal("ab"), 3)
+    assert split.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * cosine_factor(5, 6))
+    for key, value in whole_model.state_dict().items():
+        assert torch.equal(value, split_model.state_dict()[key]), key
+    assert first.iterations == 3 and not first.diverged
+
+
+def test_reported_losses_are_the_mean_over_the_interval() -> None:
+    model = TwoHeadNet()
+    result = Trainer(model, PLAIN, total_iterations=4).train_interval(
+        iter(make_batches(4)), FixedWeights({"a": 1.0, "b": 0.1}), 4
+    )
+    for name in ("a", "b"):
+        assert result.losses[name] == pytest.approx(sum(s[name] for s in model.seen) / 4)
+    assert result.iterations == 4 and result.images == 16
+    assert result.weights == {"a": 1.0, "b": 0.1}
+
+
+def test_nan_loss_stops_the_interval_as_diverged_without_touching_the_weights() -> None:
+    model = TwoHeadNet(nan_at_call=3)
+    trainer = Trainer(model, PLAIN, total_iterations=10)
+    stream = iter(make_batches(5))
+    trainer.train_interval(stream, FixedWeights.equal("ab"), 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = trainer.train_interval(stream, FixedWeights.equal("ab"), 3)
+    assert result.diverged and result.iterations == 0
+    assert "b" in result.reason and "iteration 2" in result.reason
+    assert trainer.iteration == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_should_stop_is_checked_before_every_step_and_heartbeat_is_called() -> None:
+    model = TwoHeadNet()
+    trainer = Trainer(model, PLAIN, total_iterations=10)
+    beats: list[int] = []
+    result = trainer.train_interval(
+        iter(make_batches(10)),
+        FixedWeights.equal("ab"),
+        10,
+        should_stop=lambda: model.calls >= 3,
+        heartbeat=lambda: beats.append(model.calls),
+        heartbeat_seconds=0.0,
+    )
+    assert result.stopped and not result.diverged
+    assert result.iterations == 3 and model.calls == 3
+    assert beats == [1, 2, 3]
+
+
+def test_clipping_limits_each_group_by_its_effective_step() -> None:
+    model = TwoHeadNet()
+    optimizer = torch.optim.SGD(build_param_groups(model), lr=1.0)
+    apply_weights(optimizer, {"a": 100.0, "b": 1.0}, TrainConfig())
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 10.0)
+    clip_gradients(optimizer, max_norm=1.0)
+    for group in optimizer.param_groups:
+        grads = [p.grad for p in group["params"]]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
+        # head a: effective gradient = grad / 100; its raw norm is only cut to 100
+        limit = 100.0 if group["name"] == "head:a" else 1.0
+        raw = 10.0 * math.sqrt(sum(p.numel() for p in group["params"]))
+        assert norm == pytest.approx(min(raw, limit), rel=1e-5), group["name"]
+
+
+def test_uncertainty_parameters_train_in_their_own_group() -> None:
+    model = TwoHeadNet()
+    strategy = UncertaintyWeighting(["a", "b"])
+    trainer = Trainer(
+        model, PLAIN, total_iterations=50, strategy_parameters=list(strategy.parameters())
+    )
+    assert trainer.optimizer.param_groups[-1]["name"] == "strategy"
+    assert trainer.optimizer.param_groups[-1]["weight_decay"] == 0.0
+    result = trainer.train_interval(forever(make_batches(4)), strategy, 20)
+    # b's loss is ~10x a's: its learned weight must be the smaller one.
+    assert result.weights["b"] < result.weights["a"]
+    assert strategy.log_vars.grad is not None
+
+
+def test_forever_cycles_and_refuses_an_empty_loader() -> None:
+    stream = forever([1, 2])
+    assert [next(stream) for _ in range(5)] == [1, 2, 1, 2, 1]
+    with pytest.raises(ValueError, match="no batches"):
+        next(forever([]))

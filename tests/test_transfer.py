@@ -1,0 +1,234 @@
+"""Transfer runs and static baselines: one process vs torchrun, resume, strategies, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from controller_service.client import ControllerClient
+from controller_service.store import open_store
+from tests.fixtures.controller import ControllerProcess, start_controller
+from trainer_image.checkpoint import load_checkpoint
+from trainer_image.session import DataOptions
+from trainer_image.training import TrainConfig
+from trainer_image.transfer import ConstantStrategy, JobOptions, run_job, static_strategy
+
+LOSSES = ["semantic", "center", "offset"]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+# separable losses (GroupNorm, every pixel in the semantic mean), so that
+# 2 processes x 2 images compute what 1 process x 4 images does
+SEPARABLE = '{"norm": "gn", "top_k": 1.0}'
+
+
+def finish_run_with_fake_trainer(
+    client: ControllerClient, run_id: str, base_losses: Mapping[str, float]
+) -> dict:
+    """Drive a run to ``finished`` over HTTP as a scripted trainer: losses near
+    ``base_losses`` and a PQ that prefers balanced weighted losses."""
+    while True:
+        answer = client.lease(run_id, "fake-trainer")
+        if answer["state"] == "finished":
+            return client.get_run(run_id)
+        if answer["state"] == "wait":
+            time.sleep(min(answer["retry_after"], 0.05))
+            continue
+        assignment = answer["assignment"]
+        weights = assignment["weights"]
+        weighted = [math.log(weights[name] * base_losses[name]) for name in base_losses]
+        spread = max(weighted) - min(weighted)
+        losses = {
+            name: value * (1.0 + 0.01 * assignment["member"] + 0.02 * assignment["round"])
+            for name, value in base_losses.items()
+        }
+        client.report(
+            run_id,
+            assignment["id"],
+            losses=losses,
+            pq=max(0.0, 50.0 - 5.0 * spread),
+            checkpoint_uri=assignment["checkpoint_uri"],
+        )
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    """One controller for the module (its tests use separate transfer ids)."""
+    root = tmp_path_factory.mktemp("transfer-controller")
+    (root / "store").mkdir()
+    process = start_controller((root / "store").as_uri(), log_dir=root)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def policy_run(controller: ControllerProcess) -> str:
+    """A finished run (m = 2, T = 2) whose policy the transfer runs use."""
+    client = ControllerClient(controller.url)
+    run = client.create_run(LOSSES, population=2, rounds=2, seed=11)
+    finished = finish_run_with_fake_trainer(
+        client, run["id"], {"semantic": 2.7, "center": 0.03, "offset": 6.0}
+    )
+    assert finished["status"] == "finished"
+    return run["id"]
+
+
+def transfer_argv(
+    controller: ControllerProcess, run_id: str, data_dir: Path, transfer_id: str
+) -> list[str]:
+    return [
+        "transfer",
+        "--controller", controller.url,
+        "--policy-run", run_id,
+        "--data", str(data_dir),
+        "--store", controller.store_uri,
+        "--epochs", "3",
+        "--iterations-per-epoch", "2",
+        "--batch-size", "4",
+        "--device", "cpu",
+        "--transfer-id", transfer_id,
+        "--model-config", SEPARABLE,
+        "--log-every", "0",
+    ]  # fmt: skip
+
+
+def run_process(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, env=dict(env), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_get_the_weights_of_one_process(
+    controller: ControllerProcess, policy_run: str, synth_dir: Path
+) -> None:
+    single = transfer_argv(controller, policy_run, synth_dir, "one")
+    run_process([sys.executable, "-m", "controller_service", *single], controller.env)
+    double = transfer_argv(controller, policy_run, synth_dir, "two")
+    output = run_process(
+        [str(TORCHRUN), "--nproc_per_node", "2", "-m", "controller_service", *double],
+        {**controller.env, "OMP_NUM_THREADS": "1"},
+    ).stdout
+    store = open_store(controller.store_uri)
+    one = store.get_json("transfers/one/metrics.json")
+    two = store.get_json("transfers/two/metrics.json")
+    assert json.loads(output) == two  # rank 0 printed the metrics, the other rank nothing
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert one["weights"][0] == two["weights"][0] == dict.fromkeys(LOSSES, 1.0)
+    # the pseudo epoch's semantic loss is a plain mean over the same images: all-reduced
+    # over the ranks it equals the single process's (a rank-local mean would not)
+    assert two["losses"][0]["semantic"] == pytest.approx(one["losses"][0]["semantic"], rel=1e-4)
+    for epoch, (w1, w2) in enumerate(zip(one["weights"], two["weights"], strict=True)):
+        assert w2 == pytest.approx(w1, rel=2e-2), f"epoch {epoch + 1}"
+    # the weights really came from the policy: epoch 2 is Eq. 7 applied to l^1
+    client = ControllerClient(controller.url)
+    expected = client.weights(policy_run, two["losses"][0], epoch=1, epochs=3)["weights"]
+    assert two["weights"][1] == pytest.approx(expected, rel=1e-9)
+    for metrics in (one, two):
+        assert set(metrics) >= {"pq", "pq_th", "pq_st", "sq", "rq", "wall_seconds"}
+        assert 0.0 <= metrics["pq"] <= 100.0
+        assert (metrics["mode"], metrics["policy_run"]) == ("ensemble", policy_run)
+    assert load_checkpoint(store, "transfers/two/final.pt").weights == two["weights"][-1]
+    assert not store.exists("transfers/two/last.pt")
+
+
+def test_a_finished_transfer_prints_its_metrics_and_does_not_train_again(
+    controller: ControllerProcess, policy_run: str, synth_dir: Path, capfd
+) -> None:
+    from controller_service.cli import main
+
+    store = open_store(controller.store_uri)
+    store.put_json("transfers/done/metrics.json", {"pq": 12.5, "mode": "ensemble"})
+    assert main(transfer_argv(controller, policy_run, synth_dir, "done")) == 0
+    assert json.loads(capfd.readouterr().out) == {"pq": 12.5, "mode": "ensemble"}
+    assert not store.exists("transfers/done/final.pt")
+
+
+def test_static_mode_asks_once_and_keeps_the_weights(
+    controller: ControllerProcess, policy_run: str, synth_dir: Path, capfd
+) -> None:
+    from controller_service.cli import main
+
+    argv = transfer_argv(controller, policy_run, synth_dir, "static")
+    argv[argv.index("--epochs") + 1] = "2"
+    argv[argv.index("--iterations-per-epoch") + 1] = "1"
+    assert main([*argv, "--mode", "static-final"]) == 0
+    metrics = json.loads(capfd.readouterr().out)
+    best = ControllerClient(controller.url).get_run(policy_run)["best"]["weights"]
+    assert metrics["weights"] == [pytest.approx(best)] * 2
+    assert metrics["mode"] == "static-final"
+
+
+def job(tmp: Path, data_dir: Path, job_id: str, epochs: int = 2) -> JobOptions:
+    return JobOptions(
+        job_id=job_id,
+        data=DataOptions(root=data_dir, batch_size=4),
+        epochs=epochs,
+        iterations_per_epoch=2,
+        device="cpu",
+        model_config={"norm": "gn"},
+        train=TrainConfig(log_every=0),
+    )
+
+
+def test_an_interrupted_job_resumes_to_the_same_result(synth_dir: Path, tmp_path: Path) -> None:
+    """Stopped at the start of epoch 2, run again: it resumes from last.pt, learnable weights
+    included, and ends bit-identical to a job that was never interrupted."""
+    store = open_store(tmp_path.as_uri())
+
+    def uncertainty(model, dist):
+        return ConstantStrategy(static_strategy("uncertainty", model))
+
+    straight = run_job(job(tmp_path, synth_dir, "straight"), store, uncertainty).metrics
+    calls = iter(range(100))
+    stopped = run_job(
+        job(tmp_path, synth_dir, "resumed"),
+        store,
+        uncertainty,
+        should_stop=lambda: next(calls) >= 2,
+    )
+    assert stopped.exit_code == 143 and stopped.metrics is None
+    assert store.exists("transfers/resumed/last.pt")
+    assert not store.exists("transfers/resumed/metrics.json")
+    resumed = run_job(job(tmp_path, synth_dir, "resumed"), store, uncertainty).metrics
+    for key in ("weights", "losses", "pq", "sq", "rq"):
+        assert resumed[key] == straight[key], key
+    assert straight["weights"][0] != straight["weights"][1]  # the weights did learn
+
+
+def test_train_cli_baselines(synth_dir: Path, tmp_path: Path, capfd) -> None:
+    from controller_service.cli import main
+
+    common = ["--data", str(synth_dir), "--store", tmp_path.as_uri(), "--epochs", "1"]
+    common += ["--iterations-per-epoch", "1", "--batch-size", "2", "--device", "cpu"]
+    assert main(["train", "--strategy", "published", "--out-id", "pub", *common]) == 0
+    metrics = json.loads(capfd.readouterr().out)
+    assert metrics["weights"] == [{"semantic": 1.0, "center": 200.0, "offset": 0.01}]
+    assert metrics["strategy"] == "published"
+
+    assert main(["train", "--strategy", "gradnorm", "--out-id", "gn", *common]) == 0
+    weights = json.loads(capfd.readouterr().out)["weights"][0]
+    assert sum(weights.values()) == pytest.approx(3.0)
+
+    assert main(["train", "--strategy", "fixed", "--weights", "1,2", "--out-id", "x", *common]) == 1
+    assert "--weights has 2 values; the model's losses are" in capfd.readouterr().err
+    assert main(["train", "--strategy", "fixed", "--out-id", "y", *common]) == 2
+    assert "--weights goes with --strategy fixed" in capfd.readouterr().err
+
+
+def test_transfer_refuses_an_unfinished_run_and_a_missing_data_dir(
+    controller: ControllerProcess, synth_dir: Path, tmp_path: Path, capfd
+) -> None:
+    from controller_service.cli import main
+
+    running = ControllerClient(controller.url).create_run(LOSSES, population=2, rounds=1)
+    assert main(transfer_argv(controller, running["id"], synth_dir, "early")) == 1
+    assert f"run {running['id']} is running, not finished" in capfd.readouterr().err
+    missing = tmp_path / "nothing"
+    assert main(transfer_argv(controller, running["id"], missing, "nodata")) == 2
+    assert f"data directory {missing} does not exist" in capfd.readouterr().err

@@ -1,0 +1,400 @@
+"""The worker loop: lease, load, train one interval, evaluate, save, report, repeat.
+
+One worker process is one trainer pod of the paper's population. It owns no
+state the run needs: everything it produces goes to the store (checkpoints)
+and the controller (losses, PQ), so killing it at any moment loses at most the
+interval in progress, which the controller re-issues when the lease expires.
+
+Round semantics (DESIGN.md): round 0 is the pseudo epoch: one member, all
+weights 1, from the common initial model ``init.pt``, which this worker
+creates (seeded by the run's seed) if it does not exist yet, or loads if it
+does (a re-issued round 0). Round t >= 1 loads its ``init_checkpoint_uri``
+(``init.pt`` for t = 1, with a fresh optimizer; the best member of round t-1
+with its optimizer and schedule for t > 1: the broadcast) and trains global
+iterations [t·q, (t+1)·q) of one cosine schedule spanning ``epochs · q``.
+
+All members of a round see the same batches in the same order (the data seed
+depends on the run and the round only), so their PQs differ by their loss
+weights, not by their luck with the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from controller_service import layout
+from controller_service.client import (
+    ClientError,
+    Conflict,
+    ControllerClient,
+    ControllerError,
+    NotFound,
+)
+from controller_service.store import ObjectStore
+from trainer_image.checkpoint import Checkpoint, capture_rng_state, load_checkpoint, save_checkpoint
+from trainer_image.data.coco_panoptic import PanopticSplit
+from trainer_image.evaluation import GroundTruthCache, evaluate_pq
+from trainer_image.session import (
+    DataOptions,
+    SetupError,
+    derive_seed,
+    fresh_model,
+    load_proxy_splits,
+    model_from_checkpoint,
+    train_loader,
+)
+from trainer_image.training import TrainConfig, Trainer, interval_batches
+from trainer_image.weighting import FixedWeights
+
+log = logging.getLogger("adaseg.worker")
+
+EXIT_OK = 0
+EXIT_TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process it terminated
+
+
+@dataclass
+class WorkerOptions:
+    """What ``adaseg worker`` is told; see ``worker_cli`` for the flags."""
+
+    run: str
+    data: DataOptions
+    worker_id: str = field(default_factory=lambda: default_worker_id())
+    device: str = "cpu"
+    iterations: int | None = None
+    model: str = "panoptic_deeplab"
+    model_config: Mapping[str, Any] | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_batch_size: int | None = None
+    max_assignments: int | None = None
+    # cap on one sleep while the controller says "wait" (a round closing soon)
+    max_wait_seconds: float = 5.0
+
+
+def default_worker_id() -> str:
+    """The pod name in a cluster (HOSTNAME), host and pid elsewhere: unique per process."""
+    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
+
+
+class StopFlag:
+    """Set by SIGTERM (pod eviction) or by a lost lease; the trainer checks it every step."""
+
+    def __init__(self) -> None:
+        self.terminated = threading.Event()
+        self.lease_lost = threading.Event()
+
+    def __call__(self) -> bool:
+        return self.terminated.is_set() or self.lease_lost.is_set()
+
+    @contextmanager
+    def sigterm(self) -> Iterator[StopFlag]:
+        """SIGTERM sets the flag while inside; the previous handler is restored on exit."""
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            log.warning("SIGTERM: stopping at the next step; the lease will expire unreported")
+            self.terminated.set()
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Heartbeat:
+    """Extends the lease from a background thread while an assignment is worked on.
+
+    Evaluation and the checkpoint upload take time too, so a per-step hook
+    would not cover them. A heartbeat refused with a 4xx (the lease expired and
+    was issued again) sets ``lost``: going on would only produce a report the
+    controller refuses, so the worker abandons the assignment instead.
+    """
+
+    def __init__(self, beat: Callable[[], Any], interval: float, lost: threading.Event) -> None:
+        self.beat = beat
+        self.interval = max(0.05, interval)
+        self.lost = lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except ClientError as exc:
+                log.warning("lease lost (heartbeat refused: %s); abandoning the assignment", exc)
+                self.lost.set()
+                return
+            except ControllerError as exc:  # transient: the controller may be restarting
+                log.warning("heartbeat failed, will retry: %s", exc)
+
+
+@dataclass
+class Outcome:
+    """What an assignment produced, ready to report."""
+
+    losses: dict[str, float] = field(default_factory=dict)
+    pq: float = 0.0
+    checkpoint_uri: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    diverged_reason: str | None = None
+
+
+class Worker:
+    """Works on one run until it is finished (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: ControllerClient,
+        store: ObjectStore,
+        options: WorkerOptions,
+        stop: StopFlag | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.options = options
+        self.stop = stop or StopFlag()
+        self.device = torch.device(options.device)
+        self.seed = 0
+        self.loss_names: list[str] = []
+        self._splits: tuple[PanopticSplit, PanopticSplit] | None = None
+        self._gt_cache: GroundTruthCache | None = None
+
+    # -- the loop --------------------------------------------------------------
+    def run(self) -> int:
+        """Lease and work until the run is finished; returns the process exit code."""
+        run = self.client.get_run(self.options.run)  # NotFound: the caller names the run
+        config = run.get("config") or {}
+        self.seed = (
+            self.options.data.seed if self.options.data.seed is not None else config.get("seed")
+        ) or 0
+        self.loss_names = list(run["loss_names"])
+        log.info(
+            "worker %s on run %s (%s, round %s of %s, population %s), device %s",
+            self.options.worker_id,
+            run["id"],
+            run.get("status"),
+            run.get("round"),
+            run.get("rounds"),
+            run.get("population"),
+            self.device,
+        )
+        done = 0
+        while not self.stop.terminated.is_set():
+            if self.options.max_assignments is not None and done >= self.options.max_assignments:
+                log.info("did %d assignments (--max-assignments); exiting", done)
+                return EXIT_OK
+            answer = self.client.lease(self.options.run, self.options.worker_id)
+            state = answer.get("state")
+            if state == "finished":
+                log.info("run %s is finished; exiting", self.options.run)
+                return EXIT_OK
+            if state == "wait":
+                delay = min(float(answer.get("retry_after") or 1.0), self.options.max_wait_seconds)
+                self.stop.terminated.wait(max(delay, 0.05))
+                continue
+            if state != "assigned" or not answer.get("assignment"):
+                raise ControllerError(f"unexpected lease answer {answer!r}")
+            self.work(answer["assignment"])
+            done += 1
+        return EXIT_TERMINATED
+
+    def work(self, assignment: Mapping[str, Any]) -> None:
+        """One assignment, from its initial checkpoint to its report (or a silent abandon)."""
+        self.stop.lease_lost.clear()
+        run_id, assignment_id = self.options.run, assignment["id"]
+        label = f"[round {assignment['round']} member {assignment['member']}]"
+        lease_seconds = float(assignment.get("lease_seconds") or 60.0)
+
+        def beat() -> None:
+            self.client.heartbeat(run_id, assignment_id)
+
+        with Heartbeat(beat, lease_seconds / 3.0, self.stop.lease_lost):
+            outcome = self._train_and_evaluate(assignment, label)
+            if outcome is None or self.stop():
+                log.warning("%s abandoned before reporting; the lease will expire", label)
+                return
+            if outcome.diverged_reason is not None:
+                self._report_diverged(assignment_id, outcome.diverged_reason, label)
+                return
+            try:
+                self.client.report(
+                    run_id,
+                    assignment_id,
+                    losses=outcome.losses,
+                    pq=outcome.pq,
+                    checkpoint_uri=outcome.checkpoint_uri,
+                    metrics=outcome.metrics,
+                )
+            except (Conflict, NotFound) as exc:  # the lease was lost and re-issued
+                log.warning("%s report refused (%s); moving on", label, exc)
+                return
+            except ClientError as exc:
+                # e.g. a loss of exactly 0, which Eq. 1 cannot divide by: the member
+                # cannot be used, but the round must not wait for it forever
+                self._report_diverged(assignment_id, f"report refused: {exc}", label)
+                return
+        log.info("%s phase=report PQ %.2f sent", label, outcome.pq)
+
+    def _report_diverged(self, assignment_id: str, reason: str, label: str) -> None:
+        try:
+            self.client.report_diverged(self.options.run, assignment_id, reason)
+            log.warning("%s phase=report diverged: %s", label, reason)
+        except ClientError as exc:
+            log.warning("%s diverged report refused (%s); moving on", label, exc)
+
+    # -- the phases ------------------------------------------------------------
+    def _data(self) -> tuple[PanopticSplit, PanopticSplit, GroundTruthCache]:
+        """Proxy splits of the run (same on every worker: seeded by the run), loaded once."""
+        if self._splits is None:
+            self._splits = load_proxy_splits(self.options.data, self.seed)
+            self._gt_cache = GroundTruthCache(self._splits[1])
+            log.info(
+                "data %s: proxy-train %d images, proxy-val %d images",
+                self.options.data.root,
+                len(self._splits[0]),
+                len(self._splits[1]),
+            )
+        return self._splits[0], self._splits[1], self._gt_cache
+
+    def _initial_model(self, assignment: Mapping[str, Any], label: str) -> tuple[Any, Checkpoint]:
+        """The assignment's starting point; round 0 creates ``init.pt`` when it is missing."""
+        uri = assignment["init_checkpoint_uri"]
+        key = self.store.key_of(uri)
+        if int(assignment["round"]) == 0 and not self.store.exists(key):
+            proxy_train, _, _ = self._data()
+            model = fresh_model(
+                self.options.model,
+                proxy_train.categories,
+                self.options.model_config,
+                derive_seed(self.seed, "init"),
+            )
+            if list(model.loss_names) != self.loss_names:
+                raise SetupError(
+                    f"model {self.options.model!r} has losses {list(model.loss_names)}, "
+                    f"run {self.options.run} was created for {self.loss_names}"
+                )
+            checkpoint = Checkpoint(
+                model_name=model.model_name,
+                model_config=model.config,
+                model_state=model.state_dict(),
+                run=self.options.run,
+            )
+            save_checkpoint(self.store, key, checkpoint)
+            log.info("%s phase=init saved the common initial model to %s", label, uri)
+            return model, checkpoint
+        started = time.monotonic()
+        checkpoint = load_checkpoint(self.store, key)
+        log.info("%s phase=load %s (%.1fs)", label, uri, time.monotonic() - started)
+        return model_from_checkpoint(checkpoint), checkpoint
+
+    def _train_and_evaluate(self, assignment: Mapping[str, Any], label: str) -> Outcome | None:
+        run_id = self.options.run
+        round_, member = int(assignment["round"]), int(assignment["member"])
+        epoch, epochs = int(assignment["epoch"]), int(assignment["epochs"])
+        weights = {name: float(value) for name, value in assignment["weights"].items()}
+        proxy_train, proxy_val, gt_cache = self._data()
+        model, start = self._initial_model(assignment, label)
+        loader = train_loader(
+            proxy_train, model, self.options.data, derive_seed(self.seed, "data", epoch)
+        )
+        per_epoch = self.options.iterations or len(loader)
+        trainer = Trainer(model, self.options.train, epochs * per_epoch, self.device)
+        if start.trainer_state is not None:  # the broadcast: optimizer and schedule included
+            trainer.load_state_dict(start.trainer_state)
+            if trainer.iteration != epoch * per_epoch:
+                log.warning(
+                    "%s checkpoint is at global iteration %d, the schedule says %d; "
+                    "following the schedule",
+                    label,
+                    trainer.iteration,
+                    epoch * per_epoch,
+                )
+        trainer.iteration = epoch * per_epoch
+        torch.manual_seed(derive_seed(self.seed, "train", round_, member))
+        log.info(
+            "%s phase=train epoch %d of %d, %d iterations of %d images, weights %s",
+            label,
+            epoch,
+            epochs,
+            per_epoch,
+            self.options.data.batch_size,
+            {name: round(value, 4) for name, value in weights.items()},
+        )
+        result = trainer.train_interval(
+            interval_batches(loader, epoch, per_epoch),
+            FixedWeights(weights),
+            per_epoch,
+            should_stop=self.stop,
+            label=label,
+        )
+        if result.stopped:
+            return None
+        if result.diverged:
+            return Outcome(diverged_reason=result.reason)
+        started = time.monotonic()
+        batch = self.options.eval_batch_size or self.options.data.batch_size
+        scores = evaluate_pq(model, proxy_val, batch, gt_cache, self.options.data.workers)
+        eval_seconds = time.monotonic() - started
+        log.info(
+            "%s phase=eval PQ %.2f (things %.2f, stuff %.2f) on %d images in %.1fs",
+            label,
+            scores["pq"],
+            scores["pq_th"],
+            scores["pq_st"],
+            len(proxy_val),
+            eval_seconds,
+        )
+        if self.stop():
+            return None
+        checkpoint = Checkpoint(
+            model_name=start.model_name,
+            model_config=start.model_config,
+            model_state=model.state_dict(),
+            trainer_state=trainer.state_dict(),
+            rng_state=capture_rng_state(),
+            weights=weights,
+            run=run_id,
+            round=round_,
+            member=member,
+            extra={"losses": result.losses, "scores": scores},
+        )
+        target = assignment.get("checkpoint_uri")
+        key = (
+            self.store.key_of(target)
+            if target
+            else layout.member_checkpoint_key(run_id, round_, member)
+        )
+        uri = save_checkpoint(self.store, key, checkpoint)
+        log.info("%s phase=save %s", label, uri)
+        return Outcome(
+            losses=result.losses,
+            pq=scores["pq"],
+            checkpoint_uri=uri,
+            metrics={
+                **{name: value for name, value in scores.items() if name != "pq"},
+                "iterations": result.iterations,
+                "train_seconds": round(result.seconds, 3),
+                "images_per_second": round(result.images_per_second, 3),
+                "eval_seconds": round(eval_seconds, 3),
+                "worker": self.options.worker_id,
+            },
+        )
