@@ -1,0 +1,109 @@
+"""Models by name, so the trainer never imports a model class.
+
+A model is any ``nn.Module`` that keeps the :class:`PanopticModel` contract;
+``@register_model("name")`` adds it, and a checkpoint that stores the name and
+``model.config`` rebuilds it with ``build_model(name, **config)`` (the config
+carries the categories). Another model, say a Panoptic FPN for GPU images,
+is one new module with one decorator; the trainer does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from trainer_image.models.postprocess import PanopticPrediction
+
+
+@runtime_checkable
+class PanopticModel(Protocol):
+    """What the trainer relies on (DESIGN.md, Trainer contract)."""
+
+    model_name: str
+    loss_names: tuple[str, ...]
+    config: dict[str, Any]
+
+    def target_builder(self) -> Callable[..., dict[str, Any]]:
+        """The loader's per-sample ``target_builder`` for this model's losses."""
+        ...
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named, unweighted, non-negative scalar losses."""
+        ...
+
+    def loss_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The head parameters each loss trains (they get lr / lambda_i)."""
+        ...
+
+    def predict(self, images: torch.Tensor) -> list[PanopticPrediction]:
+        """Batched panoptic output on the model's device."""
+        ...
+
+
+MODELS: dict[str, type] = {}
+
+ModelClass = TypeVar("ModelClass", bound=type)
+
+
+def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
+    """Class decorator: make the model buildable as ``name``."""
+
+    def decorate(cls: ModelClass) -> ModelClass:
+        if name in MODELS and MODELS[name] is not cls:
+            raise ValueError(f"model name {name!r} is already registered to {MODELS[name]}")
+        MODELS[name] = cls
+        cls.model_name = name
+        return cls
+
+    return decorate
+
+
+def category_dict(category: Any) -> dict[str, Any]:
+    """A category (the data reader's ``Category`` or a JSON dict) as the
+    JSON-able dict that model configs and checkpoints carry."""
+
+    def field(name: str, default: Any = ...) -> Any:
+        if isinstance(category, Mapping):
+            return category[name] if default is ... else category.get(name, default)
+        return getattr(category, name) if default is ... else getattr(category, name, default)
+
+    try:
+        color = field("color", None)
+        return {
+            "id": int(field("id")),
+            "name": str(field("name")),
+            "isthing": bool(field("isthing")),
+            "color": [int(c) for c in color] if color is not None else None,
+        }
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"a category needs id, name and isthing; got {category!r} ({exc})"
+        ) from None
+
+
+def category_dicts(categories: Sequence[Any]) -> list[dict[str, Any]]:
+    """Categories in id order, the order of ``PanopticSplit.category_index``:
+    contiguous class i of a model is the i-th of these."""
+    dicts = sorted((category_dict(c) for c in categories), key=lambda c: c["id"])
+    ids = [c["id"] for c in dicts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"category ids must be unique, got {ids}")
+    return dicts
+
+
+def build_model(name: str, categories: Sequence[Any], **config: Any) -> PanopticModel:
+    """Build the registered model ``name`` for ``categories`` with its ``config``.
+
+    Contiguous class i is the i-th category in id order, as in
+    ``PanopticSplit.category_index``.
+    """
+    if name not in MODELS:
+        known = ", ".join(sorted(MODELS)) or "none"
+        raise ValueError(f"unknown model {name!r}; registered models: {known}")
+    if not categories:
+        raise ValueError(f"model {name!r} needs at least one category")
+    return MODELS[name](categories, **config)
