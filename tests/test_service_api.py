@@ -1,0 +1,278 @@
+"""The REST API of the real service process: refusals, auth, probes, metrics, OpenAPI.
+
+Every bad input is sent as raw bytes (so NaN/Infinity tokens, malformed JSON and
+wrong types reach the server as a careless client would send them) and must
+get a clear 4xx naming what is wrong, with the run's state file byte-identical
+and no new object in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller_service.client import ControllerClient, Unauthorized
+from controller_service.layout import run_state_key
+from controller_service.store import FileStore
+from tests.fixtures.controller import ControllerProcess
+
+NAMES = ["semantic", "center", "offset"]
+LOSSES = {"semantic": 1.5, "center": 0.2, "offset": 3.0}
+WRONG_NAME = {"semantic": 1.5, "centre": 0.2, "offset": 3.0}
+
+
+@pytest.fixture(scope="module")
+def service(shared_controller: ControllerProcess) -> ControllerProcess:
+    return shared_controller
+
+
+@pytest.fixture(scope="module")
+def store(service: ControllerProcess) -> FileStore:
+    return FileStore(Path(service.store_uri.removeprefix("file://")))
+
+
+@pytest.fixture(scope="module")
+def open_run(service: ControllerProcess) -> dict[str, Any]:
+    """A run past its pseudo epoch, with member 0 of round 1 leased: ``{run, assignment}``."""
+    client = ControllerClient(service.url)
+    run = client.create_run(NAMES, population=2, rounds=2, seed=3, name="api")
+    zero = client.lease(run["id"], "w0")["assignment"]
+    client.report(run["id"], zero["id"], LOSSES, 30.0, zero["checkpoint_uri"])
+    assignment = client.lease(run["id"], "w1")["assignment"]
+    return {"run": run["id"], "assignment": assignment["id"]}
+
+
+def post(service: ControllerProcess, path: str, body: Any, **kw: Any) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(service.url + path, content=content, headers=headers, timeout=10, **kw)
+
+
+def detail_text(response: httpx.Response) -> str:
+    return json.dumps(response.json()["detail"])
+
+
+def snapshot_store(store: FileStore) -> dict[str, bytes]:
+    return {key: store.get(key) for key in store.list()}
+
+
+def good_report(**changes: Any) -> dict[str, Any]:
+    return {"losses": dict(LOSSES), "pq": 41.0, "checkpoint_uri": "file:///m.pt", **changes}
+
+
+def raw_report(loss_token: str) -> str:
+    """A report whose ``center`` loss is a bare JSON token such as NaN or -Infinity."""
+    return (
+        '{"losses": {"semantic": 1.0, "center": ' + loss_token + ', "offset": 1.0}, '
+        '"pq": 40.0, "checkpoint_uri": "file:///m.pt"}'
+    )
+
+
+BAD_REPORTS = [
+    pytest.param(good_report(losses={"semantic": 1, "center": 1}), 422, "missing", id="too-few"),
+    pytest.param(good_report(losses={**LOSSES, "box": 1.0}), 422, "box", id="unknown-loss"),
+    pytest.param(good_report(losses=WRONG_NAME), 422, "centre", id="wrong-name"),
+    pytest.param(raw_report("NaN"), 422, "center", id="nan-loss"),
+    pytest.param(raw_report("Infinity"), 422, "center", id="inf-loss"),
+    pytest.param(raw_report("-Infinity"), 422, "center", id="minus-inf-loss"),
+    pytest.param(raw_report("0"), 422, "center", id="zero-loss"),
+    pytest.param(raw_report("-0.5"), 422, "center", id="negative-loss"),
+    pytest.param(raw_report('"1.0"'), 422, "center", id="string-loss"),
+    pytest.param(good_report(pq=100.01), 422, "pq", id="pq-above-100"),
+    pytest.param(good_report(pq=-1), 422, "pq", id="pq-negative"),
+    pytest.param(raw_report("1.0").replace("40.0", "NaN"), 422, "pq", id="pq-nan"),
+    pytest.param(good_report(pq="high"), 422, "pq", id="pq-string"),
+    pytest.param(good_report(losses=[1, 2, 3]), 422, "losses", id="losses-list"),
+    pytest.param(good_report(checkpoint_uri=5), 422, "checkpoint_uri", id="uri-number"),
+    pytest.param(good_report(lossses={}), 422, "lossses", id="unknown-field"),
+    pytest.param(good_report(metrics={"x": math.inf}), 422, "metrics", id="metrics-inf"),
+    pytest.param({"diverged": "yes", "reason": "x"}, 422, "diverged", id="diverged-string"),
+    pytest.param({"diverged": True}, 422, "reason", id="diverged-without-reason"),
+    pytest.param('{"losses": {"semantic": 1.0,', 422, "json", id="malformed-json"),
+    pytest.param("", 422, "body", id="empty-body"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "status", "named"), BAD_REPORTS)
+def test_bad_reports_are_refused_and_change_nothing(service, store, open_run, body, status, named):
+    before = snapshot_store(store)
+    path = f"/v1/runs/{open_run['run']}/assignments/{open_run['assignment']}/report"
+    response = post(service, path, body)
+    assert response.status_code == status, response.text
+    assert named in detail_text(response).lower()
+    assert snapshot_store(store) == before
+
+
+def test_unknown_run_assignment_and_oversized_bodies_are_refused(service, store, open_run):
+    run, assignment = open_run["run"], open_run["assignment"]
+    before = snapshot_store(store)
+    state_before = store.get(run_state_key(run))
+
+    cases = [
+        (f"/v1/runs/nope/assignments/{assignment}/report", good_report(), 404),
+        (f"/v1/runs/{run}/assignments/r001-m01-a7/report", good_report(), 404),
+        (f"/v1/runs/{run}/assignments/garbage/heartbeat", {}, 404),
+        ("/v1/runs/nope/leases", {"worker": "w"}, 404),
+        (f"/v1/runs/{run}/leases", {"worker": 7}, 422),
+        (f"/v1/runs/{run}/leases", {}, 422),
+    ]
+    for path, body, status in cases:
+        response = post(service, path, body)
+        assert response.status_code == status, (path, response.text)
+        assert response.json()["detail"]
+    for path in ("/v1/runs/nope", "/v1/runs/..%2F..%2Fetc", "/v1/runs/nope/policy"):
+        response = httpx.get(service.url + path)
+        assert response.status_code == 404 and response.json()["detail"], path
+
+    report_path = f"/v1/runs/{run}/assignments/{assignment}/report"
+    huge = good_report(metrics={"blob": "x" * (2 << 20)})
+    response = post(service, report_path, huge)  # Content-Length over ADASEG_MAX_BODY_BYTES
+    assert response.status_code == 413 and "larger than" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the streamed size is limited too
+        yield b'{"losses": {}, "metrics": {"blob": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}}'
+
+    response = httpx.post(service.url + report_path, content=chunks(), timeout=10)
+    assert response.status_code == 413
+    assert store.get(run_state_key(run)) == state_before
+    assert snapshot_store(store) == before
+
+
+BAD_RUNS = [
+    pytest.param({"loss_names": NAMES, "population": 1}, "population", id="population-1"),
+    pytest.param({"loss_names": NAMES, "rounds": 0}, "rounds", id="rounds-0"),
+    pytest.param({"loss_names": NAMES, "sigma": 0}, "sigma", id="sigma-0"),
+    pytest.param({"loss_names": NAMES, "sigma": -0.2}, "sigma", id="sigma-negative"),
+    pytest.param({"loss_names": NAMES, "sigma_mode": "wild"}, "sigma_mode", id="sigma-mode"),
+    pytest.param({"loss_names": ["a", "a"]}, "duplicate", id="duplicate-names"),
+    pytest.param({"loss_names": []}, "loss_names", id="no-losses"),
+    pytest.param({"loss_names": ["a", ""]}, "loss_names", id="empty-name"),
+    pytest.param({"loss_names": NAMES, "lease_seconds": 0}, "lease_seconds", id="lease-0"),
+    pytest.param({"loss_names": NAMES, "population": "8"}, "population", id="population-string"),
+    pytest.param({"loss_names": NAMES, "population": 2.5}, "population", id="population-float"),
+    pytest.param({"loss_names": NAMES, "reward_terms": "imp"}, "reward_terms", id="reward-terms"),
+    pytest.param({"loss_names": NAMES, "populaton": 8}, "populaton", id="typo-field"),
+    pytest.param({"population": 8}, "loss_names", id="no-loss-names"),
+    pytest.param('{"loss_names": ["a",', "json", id="malformed-json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "named"), BAD_RUNS)
+def test_bad_run_creations_are_refused_and_create_nothing(service, store, body, named):
+    before = snapshot_store(store)
+    response = post(service, "/v1/runs", body)
+    assert response.status_code == 422, response.text
+    assert named in detail_text(response).lower()
+    assert snapshot_store(store) == before
+
+
+def test_weights_refusals(service, store, open_run):
+    run = open_run["run"]
+    before = snapshot_store(store)
+    path = f"/v1/runs/{run}/weights"
+    response = post(service, path, {"losses": LOSSES, "epoch": 1, "epochs": 4})
+    assert response.status_code == 409 and "snapshot" in response.json()["detail"]
+    bad = [
+        ('{"losses": {"semantic": NaN, "center": 1, "offset": 1}, "epoch": 1, "epochs": 4}',
+         "semantic"),
+        ({"losses": {"semantic": 1.0}, "epoch": 1, "epochs": 4}, "missing"),
+        ({"losses": LOSSES, "epoch": "one", "epochs": 4}, "epoch"),
+        ({"losses": LOSSES, "epoch": 1}, "epochs"),
+    ]  # fmt: skip
+    for body, named in bad:
+        response = post(service, path, body)
+        assert response.status_code == 422, response.text
+        assert named in detail_text(response)
+    assert snapshot_store(store) == before
+
+
+def test_probes_metrics_and_openapi(service, open_run):
+    assert httpx.get(service.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(service.url + "/readyz").json() == {"status": "ready"}
+    run = ControllerClient(service.url).get_run(open_run["run"])
+    path = f"/v1/runs/{run['id']}/assignments/{open_run['assignment']}/report"
+    assert post(service, path, good_report(pq=-5)).status_code == 422
+
+    response = httpx.get(service.url + "/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['adaseg_runs{status="running"}'] >= 1
+    assert samples[f'adaseg_run_best_pq{{run="{run["id"]}"}}'] == run["best"]["pq"]
+    assert samples[f'adaseg_run_rounds_completed{{run="{run["id"]}"}}'] == len(run["history"])
+    assert samples["adaseg_leases_issued_total"] >= 2
+    assert samples['adaseg_reports_total{outcome="accepted"}'] >= 1
+    assert samples['adaseg_reports_total{outcome="rejected"}'] >= 1
+    assert "adaseg_leases_expired_total" in samples
+    assert "adaseg_rounds_completed_total" in samples
+
+    paths = httpx.get(service.url + "/openapi.json").json()["paths"]
+    for expected in [
+        "/v1/runs",
+        "/v1/runs/{run_id}",
+        "/v1/runs/{run_id}/leases",
+        "/v1/runs/{run_id}/assignments/{assignment_id}/heartbeat",
+        "/v1/runs/{run_id}/assignments/{assignment_id}/report",
+        "/v1/runs/{run_id}/policy",
+        "/v1/runs/{run_id}/weights",
+        "/healthz",
+        "/readyz",
+    ]:
+        assert expected in paths, expected
+    assert httpx.get(service.url + "/docs").status_code == 200
+
+
+def test_token_auth_guards_v1_only(controller_factory):
+    secured = controller_factory(token="s3cret-token")
+    url = secured.url
+    assert httpx.get(url + "/v1/runs").status_code == 401
+    wrong = httpx.get(url + "/v1/runs", headers={"Authorization": "Bearer s3cret-tokeN"})
+    assert wrong.status_code == 401 and wrong.json()["detail"]
+    assert wrong.headers["www-authenticate"] == "Bearer"
+    basic = httpx.get(url + "/v1/runs", headers={"Authorization": "Basic s3cret-token"})
+    assert basic.status_code == 401
+    response = post(secured, "/v1/runs", {"loss_names": NAMES}, headers={})
+    assert response.status_code == 401  # refused before the body is even looked at
+    ok = httpx.get(url + "/v1/runs", headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 200 and ok.json() == []
+    for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert httpx.get(url + open_path).status_code == 200, open_path
+
+    with pytest.raises(Unauthorized, match="bearer token"):
+        ControllerClient(url, token="nope").list_runs()
+    assert ControllerClient(url, token="s3cret-token").list_runs() == []
+
+
+def test_a_lease_without_work_is_held_until_the_round_completes(service):
+    client = ControllerClient(service.url, timeout=30)
+    run = client.create_run(NAMES, population=2, rounds=1, seed=9)["id"]
+    zero = client.lease(run, "first")["assignment"]  # the pseudo epoch's only member
+    held: dict[str, Any] = {}
+
+    def wait_for_work() -> None:
+        response = post(service, f"/v1/runs/{run}/leases", {"worker": "second"})
+        held["answer"], held["timing"] = response.json(), response.headers["server-timing"]
+
+    waiter = threading.Thread(target=wait_for_work)
+    waiter.start()
+    time.sleep(0.3)  # the second worker is now held: round 0 has no free member
+    assert waiter.is_alive()
+    client.report(run, zero["id"], LOSSES, 25.0, zero["checkpoint_uri"])
+    waiter.join(timeout=10)
+    assert held["answer"]["state"] == "assigned"
+    assert held["answer"]["assignment"]["round"] == 1
+    assert float(held["timing"].split("dur=")[1]) > 0.0  # it waited for the round
