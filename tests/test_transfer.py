@@ -24,7 +24,7 @@ LOSSES = ["semantic", "center", "offset"]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # separable losses (GroupNorm, every pixel in the semantic mean), so that
 # 2 processes x 2 images compute what 1 process x 4 images does
-SEPARABLE = '{"norm": "gn", "top_k": 1.0}'
+SEPARABLE = '{"norm": "gn", "semantic_top_k": 1.0}'
 
 
 def finish_run_with_fake_trainer(

@@ -1,0 +1,397 @@
+"""`adaseg demo`: the whole Ada-Segment method on one machine, then a comparison table.
+
+Phases, all on the embedded defaults (file store under ``outputs/``, a local
+controller process, local worker processes, synthetic COCO-panoptic data):
+
+1. synthetic data (skipped when present);
+2. the exploration: round-0 pseudo epoch and ``rounds`` rounds of a population
+   trained by worker processes leasing from the controller;
+3. a transfer run that trains a fresh model with the policy ensemble (Eq. 7);
+4. a baseline with equal weights on the same budget as the transfer run;
+5. the best model of the exploration (Ada-Segment-A) evaluated on the same
+   validation split.
+
+Everything lives in the store, named after a hash of the configuration, so a
+second ``adaseg demo`` with the same flags resumes where the first stopped
+(runs continue, finished transfer runs are read back). Ctrl-C stops every
+process the demo started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from controller_service.layout import transfer_key
+from pipelines.local import ChildProcesses, adaseg, child_processes
+
+LOSS_NAMES = ("semantic", "center", "offset")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every size of the demo; the hash of the sizes names its runs in the store."""
+
+    images: int = 320
+    val_images: int = 80
+    size: int = 64
+    data_seed: int = 0
+    population: int = 4
+    rounds: int = 5
+    batch_size: int = 16
+    transfer_epochs: int = 6
+    seed: int = 0
+
+    def tag(self) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return f"demo-{digest[:10]}"
+
+
+QUICK = DemoConfig(images=64, val_images=16, size=48, population=2, rounds=2, transfer_epochs=3)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    base = DemoConfig()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in minutes")
+    parser.add_argument("--out", default="outputs", help="folder for data, store, logs and plots")
+    parser.add_argument("--controller", help="use this controller URL instead of starting one")
+    parser.add_argument("--store", help="store URI (default: file://OUT/store)")
+    parser.add_argument("--workers", type=_positive, help="worker processes (default: cores)")
+    for field, default in asdict(base).items():
+        parser.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=_positive if field not in {"data_seed", "seed"} else _non_negative,
+            default=None,
+            help=f"default {default} ({getattr(QUICK, field)} with --quick)",
+        )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    base = QUICK if args.quick else DemoConfig()
+    overrides = {
+        field: getattr(args, field) for field in asdict(base) if getattr(args, field) is not None
+    }
+    config = DemoConfig(**{**asdict(base), **overrides})
+    if config.population < 2:
+        raise SystemExit("adaseg demo: --population must be at least 2")
+    return config
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    out = Path(args.out).resolve()
+    workers = args.workers or min(config.population, os.cpu_count() or 1)
+    store_uri = args.store or (out / "store").as_uri()
+    with child_processes() as children:
+        session = DemoSession(config, out, store_uri, workers, children)
+        try:
+            session.run(controller_url=args.controller)
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping every process; run the same command to resume")
+            return 130
+    return 0
+
+
+def metrics_key(tag: str, name: str) -> str:
+    return transfer_key(f"{tag}-{name}", "metrics.json")
+
+
+class DemoSession:
+    """The phases of one demo, each skipped when its result is already in the store."""
+
+    def __init__(
+        self,
+        config: DemoConfig,
+        out: Path,
+        store_uri: str,
+        workers: int,
+        children: ChildProcesses,
+    ) -> None:
+        from controller_service.store import open_store
+
+        self.config = config
+        self.out = out
+        self.tag = config.tag()
+        self.store_uri = store_uri
+        self.store = open_store(store_uri)
+        self.workers = workers
+        self.children = children
+        self.data_dir = out / "data" / f"synth-{config.images}-{config.size}-{config.data_seed}"
+        self.logs = out / "logs" / self.tag
+        self.plots = out / "plots" / self.tag
+        self.timings_path = out / self.tag / "timings.json"
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _timings(self) -> dict[str, float]:
+        if self.timings_path.exists():
+            return json.loads(self.timings_path.read_text())
+        return {}
+
+    def _add_time(self, phase: str, seconds: float) -> None:
+        timings = self._timings()
+        timings[phase] = timings.get(phase, 0.0) + seconds
+        self.timings_path.parent.mkdir(parents=True, exist_ok=True)
+        self.timings_path.write_text(json.dumps(timings, indent=1))
+
+    @staticmethod
+    def _phase(title: str) -> None:
+        print(f"\n=== {title} ===", flush=True)
+
+    # -- phases ------------------------------------------------------------------------------
+    def run(self, controller_url: str | None) -> None:
+        print(f"adaseg demo {self.tag}: store {self.store_uri}, outputs under {self.out}")
+        self.ensure_data()
+        url = controller_url or self.start_controller()
+        from controller_service.client import ControllerClient
+
+        client = ControllerClient(url)
+        client.wait_ready(timeout=60)
+        run = self.explore(client, url)
+        self.transfer(url, run["id"])
+        self.baseline()
+        self.evaluate_best(run)
+        self.report(client.get_run(run["id"]))
+
+    def ensure_data(self) -> None:
+        self._phase("1/5 synthetic COCO-panoptic data")
+        marker = self.data_dir / "annotations" / "panoptic_val.json"
+        if marker.exists():
+            print(f"reusing {self.data_dir}")
+            return
+        c = self.config
+        self.children.run(
+            adaseg(
+                "data", "synth", "--out", str(self.data_dir), "--images", str(c.images),
+                "--val-images", str(c.val_images), "--size", str(c.size),
+                "--seed", str(c.data_seed),
+            )
+        )  # fmt: skip
+
+    def start_controller(self) -> str:
+        from controller_service.net import free_port
+
+        port = free_port()
+        log = self.logs / "controller.log"
+        self.children.start(
+            adaseg("serve", "--store", self.store_uri, "--host", "127.0.0.1", "--port", str(port)),
+            log=log,
+        )
+        print(f"controller on http://127.0.0.1:{port} (log: {log})")
+        return f"http://127.0.0.1:{port}"
+
+    def _find_or_create_run(self, client: Any) -> dict[str, Any]:
+        for run in client.list_runs():
+            if run.get("name") == self.tag:
+                print(f"resuming run {run['id']} (round {run['round']}/{run['rounds']})")
+                return run
+        c = self.config
+        run = client.create_run(
+            list(LOSS_NAMES), population=c.population, rounds=c.rounds, seed=c.seed, name=self.tag
+        )
+        print(f"created run {run['id']}: population {c.population}, {c.rounds} rounds")
+        return run
+
+    def explore(self, client: Any, url: str) -> dict[str, Any]:
+        self._phase("2/5 exploration: pseudo epoch + rounds of the population")
+        run = self._find_or_create_run(client)
+        if run["status"] == "finished":
+            print("exploration already finished")
+            return run
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        for i in range(self.workers):
+            self.children.start(
+                adaseg(
+                    "worker", "--controller", url, "--run", run["id"], "--data",
+                    str(self.data_dir), "--store", self.store_uri, "--device", "cpu",
+                    "--worker-id", f"demo-worker-{i}", "--batch-size", str(self.config.batch_size),
+                ),
+                log=self.logs / f"worker-{i}.log",
+                env=env,
+            )  # fmt: skip
+        print(f"{self.workers} worker processes, logs in {self.logs}")
+        started = time.monotonic()
+        run = self._follow(client, run["id"], started)
+        self._add_time("exploration", time.monotonic() - started)
+        return run
+
+    def _follow(self, client: Any, run_id: str, started: float) -> dict[str, Any]:
+        """Print progress until the run finishes; fail fast if every worker died."""
+        total = 1 + self.config.population * self.config.rounds
+        last = ""
+        workers = [p for p in self.children.procs if "worker" in " ".join(map(str, p.args))]
+        while True:
+            run = client.get_run(run_id)
+            done = sum(
+                1
+                for item in run["history"]
+                for c in item["candidates"]
+                if c.get("valid", True) and (c.get("pq") is not None or c.get("diverged"))
+            )
+            elapsed = time.monotonic() - started
+            eta = f"{elapsed / done * (total - done):.0f}s" if done else "?"
+            best = run["best"]["pq"] if run.get("best") else None
+            line = (
+                f"round {run['round']}/{run['rounds']}  members trained {done}/{total}  "
+                f"best PQ {best if best is None else f'{best:.2f}'}  "
+                f"elapsed {elapsed:.0f}s  ETA {eta}"
+            )
+            if line.split("elapsed")[0] != last.split("elapsed")[0]:
+                print(line, flush=True)
+                last = line
+            if run["status"] == "finished":
+                return run
+            if workers and all(p.poll() is not None for p in workers):
+                raise RuntimeError(f"every worker exited before the run finished; see {self.logs}")
+            time.sleep(1.0)
+
+    def transfer(self, url: str, run_id: str) -> None:
+        self._phase("3/5 transfer run with the policy ensemble (Eq. 7)")
+        if self.store.exists(metrics_key(self.tag, "ensemble")):
+            print("already done")
+            return
+        started = time.monotonic()
+        self.children.run(
+            adaseg(
+                "transfer", "--controller", url, "--policy-run", run_id, "--data",
+                str(self.data_dir), "--epochs", str(self.config.transfer_epochs), "--mode",
+                "ensemble", "--store", self.store_uri, "--transfer-id", f"{self.tag}-ensemble",
+                "--device", "cpu", "--batch-size", str(self.config.batch_size), "--seed",
+                str(self.config.seed),
+            ),
+            stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
+        )  # fmt: skip
+        self._add_time("ensemble", time.monotonic() - started)
+
+    def baseline(self) -> None:
+        self._phase("4/5 baseline: equal weights, same budget")
+        if self.store.exists(metrics_key(self.tag, "equal")):
+            print("already done")
+            return
+        started = time.monotonic()
+        self.children.run(
+            adaseg(
+                "train", "--data", str(self.data_dir), "--epochs",
+                str(self.config.transfer_epochs), "--strategy", "equal", "--store",
+                self.store_uri, "--out-id", f"{self.tag}-equal", "--device", "cpu",
+                "--batch-size", str(self.config.batch_size), "--seed", str(self.config.seed),
+            ),
+            stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
+        )  # fmt: skip
+        self._add_time("equal", time.monotonic() - started)
+
+    def _val_split(self) -> Any:
+        from trainer_image.session import open_split
+
+        return open_split(self.data_dir, "val")
+
+    def _best_model(self, run: dict[str, Any]) -> Any:
+        from trainer_image.checkpoint import load_checkpoint
+        from trainer_image.session import model_from_checkpoint
+
+        return model_from_checkpoint(load_checkpoint(self.store, run["best"]["checkpoint_uri"]))
+
+    def evaluate_best(self, run: dict[str, Any]) -> None:
+        """Ada-Segment-A: the exploration's best model on the same validation split."""
+        self._phase("5/5 Ada-Segment-A: the exploration's best model on the validation split")
+        key = eval_key(run["id"])
+        if self.store.exists(key):
+            print("already done")
+            return
+        from trainer_image.evaluation import evaluate_pq
+
+        metrics = evaluate_pq(self._best_model(run), self._val_split(), self.config.batch_size)
+        metrics.update(checkpoint_uri=run["best"]["checkpoint_uri"], run=run["id"], split="val")
+        self.store.put_json(key, metrics)
+
+    def report(self, run: dict[str, Any]) -> list[dict[str, Any]]:
+        """Print the comparison table, save the plots, return the rows (for tests)."""
+        timings = self._timings()
+        c = self.config
+        explore_epochs = 1 + c.population * c.rounds
+        rows = [
+            self._row("baseline (equal weights)", metrics_key(self.tag, "equal"), timings, "equal",
+                      f"{c.transfer_epochs} epochs"),
+            self._row("Ada-Segment-A (best of exploration)", eval_key(run["id"]), timings,
+                      "exploration", f"{explore_epochs} intervals"),
+            self._row("Ada-Segment (transfer, ensemble)", metrics_key(self.tag, "ensemble"),
+                      timings, "ensemble", f"{c.transfer_epochs} epochs + policy"),
+        ]  # fmt: skip
+        print("\nPQ on the validation split (%):")
+        print(format_table(rows))
+        from pipelines.plots import plot_pq, plot_predictions, plot_weights
+
+        saved = [
+            plot_weights(run, self.plots / "weights_per_round.png"),
+            plot_pq(run, self.plots / "pq_per_round.png"),
+            plot_predictions(self._prediction_samples(run), self.plots / "predictions.png"),
+        ]
+        print("\nplots:\n" + "\n".join(f"  {path}" for path in saved))
+        print(f"store: {self.store_uri} (run {run['id']}, transfers {self.tag}-*)")
+        return rows
+
+    def _row(
+        self, name: str, key: str, timings: dict[str, float], phase: str, budget: str
+    ) -> dict[str, Any]:
+        metrics = self.store.get_json(key)
+        return {
+            "method": name,
+            "pq": metrics["pq"],
+            "pq_th": metrics["pq_th"],
+            "pq_st": metrics["pq_st"],
+            "wall_s": timings.get(phase),
+            "budget": budget,
+            "source": self.store.uri_of(key),
+        }
+
+    def _prediction_samples(self, run: dict[str, Any], count: int = 3) -> list[tuple[Any, ...]]:
+        """(image, ground truth, prediction of the best model) for the first validation images."""
+        from trainer_image.data.loader import normalize_image
+
+        split = self._val_split()
+        model = self._best_model(run)
+        samples = []
+        for record in split.records[:count]:
+            image = split.load_image(record)
+            prediction = model.predict(normalize_image(image).unsqueeze(0))[0]
+            samples.append((image, split.load_panoptic(record), prediction.ids.cpu().numpy()))
+        return samples
+
+
+def eval_key(run_id: str) -> str:
+    """Where the demo stores the validation PQ of a run's best checkpoint."""
+    return f"runs/{run_id}/eval/val-metrics.json"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table a person can read in a terminal."""
+    header = f"{'method':<38} {'PQ':>6} {'PQ_th':>6} {'PQ_st':>6} {'wall':>8}  budget"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        wall = f"{row['wall_s']:.0f}s" if row["wall_s"] is not None else "-"
+        lines.append(
+            f"{row['method']:<38} {row['pq']:6.2f} {row['pq_th']:6.2f} {row['pq_st']:6.2f} "
+            f"{wall:>8}  {row['budget']}"
+        )
+    return "\n".join(lines)
