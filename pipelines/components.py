@@ -25,7 +25,7 @@ DEFAULT_LOSS_NAMES = ["semantic", "center", "offset"]
 # Cluster defaults of the pipeline parameters, matching k8s/base.
 DEFAULT_CONTROLLER_URL = "http://adaseg-controller.adaseg.svc.cluster.local:8080"
 DEFAULT_STORE_URI = "s3://adaseg/store"
-DEFAULT_S3_ENDPOINT = "adaseg-minio.adaseg.svc.cluster.local:9000"
+DEFAULT_S3_ENDPOINT = "minio.adaseg.svc.cluster.local:9000"
 DEFAULT_DATA_PVC = "adaseg-data"
 # The Secrets of k8s/base/secrets, created again in the pipeline's namespace.
 DEFAULT_MINIO_SECRET = "adaseg-minio"
