@@ -137,8 +137,21 @@ def test_search_defaults_match_the_cluster_layout() -> None:
     kustomization = (ROOT / "k8s/base/kustomization.yaml").read_text()
     for secret in ("minio_secret", "token_secret"):
         assert f"- name: {params[secret]['defaultValue']}\n" in kustomization
-    assert params["controller_url"]["defaultValue"].startswith("http://adaseg-controller.adaseg.")
-    assert params["s3_endpoint"]["defaultValue"].startswith("adaseg-minio.adaseg.")
+    controller = _service("controller/service.yaml")
+    minio = _service("minio/service.yaml")
+    assert params["controller_url"]["defaultValue"] == (
+        f"http://{controller['name']}.adaseg.svc.cluster.local:{controller['port']}"
+    )
+    assert params["s3_endpoint"]["defaultValue"] == (
+        f"{minio['name']}.adaseg.svc.cluster.local:{minio['port']}"
+    )
+
+
+def _service(path: str) -> dict[str, Any]:
+    """Name and first port of a Service in k8s/base: what in-cluster URLs must point at."""
+    service = yaml.safe_load((ROOT / "k8s/base" / path).read_text())
+    assert service["kind"] == "Service"
+    return {"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}
 
 
 def test_search_trainer_tasks_retry_and_nothing_is_cached() -> None:
