@@ -1,0 +1,441 @@
+"""What each kind of cell runs, through the product's own commands.
+
+Every training is an ``adaseg`` process (``train``, ``transfer``, ``worker``)
+or, for the PBT baseline, the worker code in a process pool, on the same
+synthetic data, store and schedule; only the source of the loss weights
+differs between rows. A cell returns its result dict; the caller writes it.
+
+Store objects are named ``<cell-key>-<config-hash>`` (job ids, run names), so a
+cell interrupted half-way resumes its own job, and a changed configuration
+never picks up a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.effectiveness.plan import (
+    EXPLORE,
+    GRID,
+    GRID_POINT,
+    PBT,
+    TRAIN,
+    TRANSFER,
+    Cell,
+    Scale,
+    cell_spec,
+    spec_hash,
+)
+from bench.effectiveness.results import new_result, read_result
+from pipelines.local import ChildProcesses, adaseg
+
+MODEL = "panoptic_deeplab"
+REPO = Path(__file__).resolve().parents[2]
+EVAL_SPLIT = "val"  # the held-out split; the controller only ever sees proxy-val
+
+
+@dataclass
+class Context:
+    """Where a cell finds its data, store, controller, logs and the other cells' results."""
+
+    scale: Scale
+    data_dir: Path
+    store_uri: str
+    results_dir: Path
+    work_dir: Path
+    logs_dir: Path
+    children: ChildProcesses
+    cells: Mapping[str, Cell]  # the planned cells by key (a cell reads its dependencies')
+    controller_url: str | None = None
+
+    def job_id(self, cell: Cell) -> str:
+        return f"{cell.key}-{spec_hash(cell_spec(self.scale, cell))}"
+
+
+def proxy_split_names(seed: int) -> tuple[str, str]:
+    return f"proxy-train-s{seed}", f"proxy-val-s{seed}"
+
+
+def ensure_proxy_splits(data_dir: Path, seed: int, proxy_val: float) -> tuple[str, str]:
+    """The workers' proxy split of ``train`` for ``seed``, as two named splits of the
+    dataset, so ``adaseg train --split/--val-split`` can train and pick on it (grid search).
+
+    Each is a JSON of its images plus links to the train split's folders; idempotent.
+    """
+    from trainer_image.data.split import proxy_split
+    from trainer_image.session import open_split
+
+    names = proxy_split_names(seed)
+    annotations = data_dir / "annotations"
+    if all((annotations / f"panoptic_{n}.json").exists() for n in names):
+        return names
+    halves = proxy_split(open_split(data_dir, "train"), proxy_val, seed)
+    for name, half in zip(names, halves, strict=True):
+        for link, target in (
+            (annotations / f"panoptic_{name}", "panoptic_train"),
+            (data_dir / name, "train"),
+        ):
+            if not link.is_symlink():
+                link.symlink_to(target, target_is_directory=True)
+        path = annotations / f"panoptic_{name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(half.gt_json()))
+        os.replace(tmp, path)
+    return names
+
+
+def model_loss_names(data_dir: Path) -> list[str]:
+    """The default model's loss names, in its order (what runs are created with)."""
+    from trainer_image.session import fresh_model, open_split
+
+    return list(fresh_model(MODEL, open_split(data_dir, "train").categories, None, 0).loss_names)
+
+
+def evaluate_checkpoint(ctx: Context, uri: str, threads: int) -> dict[str, float]:
+    """PQ of a stored checkpoint on the held-out split (Ada-Segment-A, PBT's best model)."""
+    import torch
+
+    from controller_service.store import open_store
+    from trainer_image.checkpoint import load_checkpoint
+    from trainer_image.evaluation import evaluate_pq
+    from trainer_image.session import model_from_checkpoint, open_split
+
+    torch.set_num_threads(threads)
+    model = model_from_checkpoint(load_checkpoint(open_store(ctx.store_uri), uri))
+    return evaluate_pq(model, open_split(ctx.data_dir, EVAL_SPLIT), ctx.scale.batch_size)
+
+
+def _scores(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: metrics.get(name) for name in ("pq", "pq_th", "pq_st", "sq", "rq")}
+
+
+# -- static trainings ---------------------------------------------------------------------------
+
+
+def _train_args(ctx: Context, cell: Cell, *extra: str) -> list[str]:
+    s = ctx.scale
+    return adaseg(
+        "train", "--data", str(ctx.data_dir), "--store", ctx.store_uri, "--device", "cpu",
+        "--batch-size", str(s.batch_size), "--epochs", str(s.epochs), "--seed", str(cell.seed),
+        "--out-id", ctx.job_id(cell), "--log-every", "50", "--model", MODEL, *extra,
+    )  # fmt: skip
+
+
+def _job_metrics(ctx: Context, job_id: str) -> dict[str, Any]:
+    from controller_service.layout import transfer_key
+    from controller_service.store import open_store
+
+    return open_store(ctx.store_uri).get_json(transfer_key(job_id, "metrics.json"))
+
+
+def _training_result(ctx: Context, cell: Cell, metrics: Mapping[str, Any], **extra: Any) -> dict:
+    return new_result(
+        ctx.scale,
+        cell,
+        **_scores(metrics),
+        epochs=len(metrics.get("losses") or []),
+        search_epochs=0,
+        wall_seconds=metrics.get("wall_seconds"),
+        search_wall_seconds=0.0,
+        diverged=metrics.get("diverged"),
+        weights_history=metrics.get("weights"),
+        losses_history=metrics.get("losses"),
+        job_id=ctx.job_id(cell),
+        **extra,
+    )
+
+
+def run_train(ctx: Context, cell: Cell) -> dict[str, Any]:
+    ctx.children.run(_train_args(ctx, cell, "--strategy", cell.params["strategy"]))
+    metrics = _job_metrics(ctx, ctx.job_id(cell))
+    return _training_result(ctx, cell, metrics, strategy=cell.params["strategy"])
+
+
+def _weights_flag(weights: Mapping[str, float], names: list[str]) -> str:
+    return ",".join(f"{weights[name]:g}" for name in names)
+
+
+def run_grid_point(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """One grid point: trained on proxy-train, scored on proxy-val (never on val)."""
+    train_split, val_split = ensure_proxy_splits(ctx.data_dir, cell.seed, ctx.scale.proxy_val)
+    weights = cell.params["weights"]
+    flag = _weights_flag(weights, model_loss_names(ctx.data_dir))
+    ctx.children.run(
+        _train_args(
+            ctx, cell, "--strategy", "fixed", "--weights", flag, "--split", train_split,
+            "--val-split", val_split,
+        )
+    )  # fmt: skip
+    metrics = _job_metrics(ctx, ctx.job_id(cell))
+    return _training_result(ctx, cell, metrics, weights=weights, split=train_split)
+
+
+def pick_grid_point(points: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The grid point with the best proxy-val PQ (diverged points never; ties: grid order)."""
+    trained = [p for p in points if p.get("pq") is not None]
+    if not trained:
+        raise RuntimeError("every grid point diverged")
+    return max(trained, key=lambda p: p["pq"])
+
+
+def run_grid(ctx: Context, cell: Cell) -> dict[str, Any]:
+    points = [_dependency(ctx, key) for key in cell.deps]
+    best = pick_grid_point(points)
+    flag = _weights_flag(best["weights"], model_loss_names(ctx.data_dir))
+    ctx.children.run(_train_args(ctx, cell, "--strategy", "fixed", "--weights", flag))
+    metrics = _job_metrics(ctx, ctx.job_id(cell))
+    result = _training_result(
+        ctx,
+        cell,
+        metrics,
+        weights=best["weights"],
+        grid=[{"weights": p["weights"], "proxy_val_pq": p["pq"]} for p in points],
+    )
+    result["search_epochs"] = sum(p["epochs"] for p in points)
+    result["search_wall_seconds"] = sum(p["wall_seconds"] or 0.0 for p in points)
+    return result
+
+
+def _dependency(ctx: Context, key: str) -> dict[str, Any]:
+    """The current result of the cell ``key`` (the scheduler ran it first)."""
+    result = read_result(ctx.results_dir, key, spec_hash(cell_spec(ctx.scale, ctx.cells[key])))
+    if result is None:
+        raise RuntimeError(f"cell {key} has no current result; run it first")
+    return result
+
+
+# -- the exploration and the transfer runs -------------------------------------------------------
+
+
+def _client(ctx: Context) -> Any:
+    from controller_service.client import ControllerClient
+
+    if ctx.controller_url is None:
+        raise RuntimeError("this cell needs the controller (--controller URL)")
+    client = ControllerClient(ctx.controller_url)
+    client.wait_ready(timeout=60)
+    return client
+
+
+def _find_or_create_run(ctx: Context, cell: Cell, client: Any) -> dict[str, Any]:
+    name = ctx.job_id(cell)
+    for run in client.list_runs():
+        if run.get("name") == name:
+            return run
+    s = ctx.scale
+    return client.create_run(
+        model_loss_names(ctx.data_dir),
+        population=s.population,
+        rounds=s.rounds,
+        seed=cell.seed,
+        name=name,
+        **cell.params["run_options"],
+    )
+
+
+def _follow(client: Any, run_id: str, workers: list[Any], log_dir: Path) -> dict[str, Any]:
+    """Wait for the run to finish, printing each completed round; fail if every worker died."""
+    seen = -1
+    while True:
+        run = client.get_run(run_id)
+        if run["history"] and run["history"][-1]["round"] != seen:
+            item = run["history"][-1]
+            seen = item["round"]
+            pqs = [c["pq"] for c in item["candidates"] if c.get("valid", True)]
+            shown = ", ".join("div" if pq is None else f"{pq:.2f}" for pq in pqs)
+            weights = {k: float(f"{v:.3g}") for k, v in item["mean_weights"].items()}
+            print(f"round {seen}/{run['rounds']}: PQ [{shown}] mean λ {weights}", flush=True)
+        if run["status"] == "finished":
+            return run
+        if run["status"] == "failed":
+            raise RuntimeError(f"run {run_id} failed: {run.get('failure')}")
+        if workers and all(proc.poll() is not None for proc in workers):
+            raise RuntimeError(f"every worker exited before run {run_id} finished; see {log_dir}")
+        time.sleep(2.0)
+
+
+def round_summaries(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per round: the policy's mean λ, each trained member's λ and PQ, the best member."""
+    out = []
+    for item in run["history"]:
+        members = [c for c in item["candidates"] if c.get("valid", True)]
+        out.append(
+            {
+                "round": item["round"],
+                "mean_weights": item["mean_weights"],
+                "input_losses": item.get("input_losses"),
+                "best_member": item.get("best_member"),
+                "members": [
+                    {"weights": c["weights"], "pq": c["pq"], "reward": c.get("reward")}
+                    for c in members
+                ],
+                "invalid_draws": len(item["candidates"]) - len(members),
+            }
+        )
+    return out
+
+
+def _round_seconds(run: Mapping[str, Any]) -> float:
+    """Wall time of the exploration: the rounds' open-to-complete times, summed (gaps
+    while the benchmark was stopped are left out)."""
+    return sum(item["completed_at"] - item["opened_at"] for item in run["history"])
+
+
+def _worker_argv(ctx: Context, run_id: str, worker_id: str) -> list[str]:
+    """A worker that keeps its name across restarts, so a resumed benchmark gets its
+    own unfinished lease back at once instead of waiting for it to expire."""
+    return adaseg(
+        "worker", "--controller", ctx.controller_url, "--run", run_id, "--data",
+        str(ctx.data_dir), "--store", ctx.store_uri, "--device", "cpu", "--worker-id", worker_id,
+        "--batch-size", str(ctx.scale.batch_size), "--log-every", "50", "--model", MODEL,
+    )  # fmt: skip
+
+
+def run_explore(ctx: Context, cell: Cell) -> dict[str, Any]:
+    client = _client(ctx)
+    run = _find_or_create_run(ctx, cell, client)
+    print(f"exploration run {run['id']} ({run['status']}, round {run['round']})", flush=True)
+    if run["status"] == "running":
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        workers = [
+            ctx.children.start(
+                _worker_argv(ctx, run["id"], f"{cell.key}-w{i}"),
+                log=ctx.logs_dir / f"{cell.key}-worker-{i}.log",
+                env=env,
+            )
+            for i in range(ctx.scale.workers)
+        ]
+        run = _follow(client, run["id"], workers, ctx.logs_dir)
+    elif run["status"] == "failed":
+        raise RuntimeError(f"run {run['id']} failed: {run.get('failure')}")
+    best = run["best"]
+    scores = evaluate_checkpoint(ctx, best["checkpoint_uri"], ctx.scale.workers)
+    trained = sum(1 for item in run["history"] for c in item["candidates"] if c.get("valid", True))
+    return new_result(
+        ctx.scale,
+        cell,
+        **scores,
+        epochs=trained,
+        search_epochs=0,
+        wall_seconds=round(_round_seconds(run), 3),
+        search_wall_seconds=0.0,
+        diverged=None,
+        run_id=run["id"],
+        run_config=run["config"],
+        initial_losses=run["initial_losses"],
+        best={k: best[k] for k in ("round", "member", "pq", "weights")},
+        rounds=round_summaries(run),
+    )
+
+
+def run_transfer(ctx: Context, cell: Cell) -> dict[str, Any]:
+    (explore_key,) = cell.deps
+    explore = _dependency(ctx, explore_key)
+    _client(ctx).close()  # only to wait until the controller is ready
+    s = ctx.scale
+    ctx.children.run(
+        adaseg(
+            "transfer", "--controller", ctx.controller_url, "--policy-run", explore["run_id"],
+            "--mode", cell.params["mode"], "--data", str(ctx.data_dir), "--store", ctx.store_uri,
+            "--device", "cpu", "--batch-size", str(s.batch_size), "--epochs", str(s.epochs),
+            "--seed", str(cell.seed), "--transfer-id", ctx.job_id(cell), "--log-every", "50",
+            "--model", MODEL,
+        )
+    )  # fmt: skip
+    metrics = _job_metrics(ctx, ctx.job_id(cell))
+    result = _training_result(
+        ctx, cell, metrics, mode=cell.params["mode"], policy_run=explore["run_id"]
+    )
+    result["clipped"] = metrics.get("clipped")
+    result["search_epochs"] = explore["epochs"]
+    result["search_wall_seconds"] = explore["wall_seconds"]
+    return result
+
+
+# -- the PBT-like baseline -----------------------------------------------------------------------
+
+
+def run_pbt_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
+    from bench.effectiveness.pbt import PbtConfig, final_best, run_pbt, trained_members
+    from trainer_image.session import DataOptions
+
+    s = ctx.scale
+    job = ctx.job_id(cell)
+    config = PbtConfig(
+        run_id=f"pbt-{job}",
+        loss_names=tuple(model_loss_names(ctx.data_dir)),
+        population=s.population,
+        rounds=s.rounds,
+        sigma=float(cell.params["sigma"]),
+        seed=cell.seed,
+    )
+    data = DataOptions(
+        root=ctx.data_dir, split="train", proxy_val=s.proxy_val, batch_size=s.batch_size
+    )
+    state = run_pbt(config, ctx.store_uri, data, ctx.work_dir / "pbt" / f"{job}.json", s.workers)
+    best = final_best(state)
+    if best is None:
+        raise RuntimeError("every PBT member diverged")
+    scores = evaluate_checkpoint(ctx, best["checkpoint_uri"], s.workers)
+    rounds = [
+        {
+            "round": r["round"],
+            "parent_weights": r["parent_weights"],
+            "best_member": r["best_member"],
+            "members": [
+                {"weights": w, "pq": res["pq"] if res else None}
+                for w, res in zip(r["weights"], r["results"], strict=True)
+            ],
+        }
+        for r in state["rounds"]
+    ]
+    return new_result(
+        s,
+        cell,
+        **scores,
+        epochs=trained_members(state),
+        search_epochs=0,
+        wall_seconds=round(state["wall_seconds"], 3),
+        search_wall_seconds=0.0,
+        diverged=None,
+        best={"round": best["round"], "member": best["member"], "pq": best["pq"]},
+        rounds=rounds,
+    )
+
+
+RUNNERS = {
+    TRAIN: run_train,
+    GRID_POINT: run_grid_point,
+    GRID: run_grid,
+    EXPLORE: run_explore,
+    TRANSFER: run_transfer,
+    PBT: run_pbt_cell,
+}
+
+
+def code_fingerprint(repo: Path = REPO) -> str:
+    """A hash of the trainer's and controller's sources: results made by different code
+    (the product changed while the benchmark ran) can be told apart in the report."""
+    digest = hashlib.sha256()
+    for package in ("trainer_image", "controller_service"):
+        for path in sorted((repo / package).rglob("*.py")):
+            digest.update(str(path.relative_to(repo)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
+    started = time.monotonic()
+    code = code_fingerprint()
+    result = RUNNERS[cell.kind](ctx, cell)
+    result["code"] = code
+    result["cell_seconds"] = round(time.monotonic() - started, 3)
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return result
