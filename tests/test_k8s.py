@@ -264,6 +264,7 @@ def test_kustomization_renders_the_expected_objects(
         ("PodDisruptionBudget", "adaseg-controller"),
         ("StatefulSet", "minio"),
         ("Service", "minio"),
+        ("Service", "minio-headless"),
         ("Job", "minio-setup"),
         ("Secret", "adaseg-minio-root"),
         ("Secret", "adaseg-minio"),
@@ -282,6 +283,18 @@ def test_kustomization_renders_the_expected_objects(
     if kustomization in PLATFORMS:
         assert not trainer & kinds_names, "the trainer Job belongs to the second step only"
     assert all(o["metadata"].get("namespace", NAMESPACE) == NAMESPACE for o in objects)
+
+
+def test_the_minio_statefulset_is_governed_by_a_headless_service(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in rendered["base"]}
+    statefulset = objects[("StatefulSet", "minio")]
+    governing = objects[("Service", statefulset["spec"]["serviceName"])]
+    assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"].items() <= (
+        statefulset["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_every_object_passes_the_kubernetes_schema_strictly(
