@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# The CPU build of torch; any other spec pulls gigabytes of CUDA wheels.
+# The CPU build of torch; any other spec pulls gigabytes of CUDA wheels. Where the default
+# index serves a CUDA build for this pin, point pip at the CPU wheels:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH  := torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: install kubectl demo test lint images clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -207,9 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compile_.add_argument(
         "--out", type=Path, default=COMPILED_DIR, help=f"folder (default {COMPILED_DIR})"
     )
-    compile_.add_argument(
-        "--image", help="trainer image for every task (default adaseg-trainer:0.1.0)"
-    )
+    compile_.add_argument("--image", help=IMAGE_HELP)
 
     submit_ = commands.add_parser("submit", help="start a pipeline run on a KFP cluster")
     submit_.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
@@ -224,9 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     submit_.add_argument("--experiment", default="adaseg", help="KFP experiment (default adaseg)")
     submit_.add_argument("--namespace", help="the user's namespace on multi-user Kubeflow")
     submit_.add_argument("--run-name", help="run name shown in the KFP UI")
-    submit_.add_argument(
-        "--image", help="trainer image for every task (default adaseg-trainer:0.1.0)"
-    )
+    submit_.add_argument("--image", help=IMAGE_HELP)
     submit_.add_argument("--token", help="bearer token for the KFP API, if it needs one")
 
 

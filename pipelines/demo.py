@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from controller_service.layout import transfer_key
-from pipelines.local import ChildProcesses, adaseg, child_processes
+from pipelines.local import ChildProcesses, adaseg, child_processes, sigterm_as_interrupt
 
 LOSS_NAMES = ("semantic", "center", "offset")
 
@@ -103,7 +103,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     workers = args.workers or min(config.population, os.cpu_count() or 1)
     store_uri = args.store or (out / "store").as_uri()
-    with child_processes() as children:
+    # SIGTERM too (a parent terminating the demo): every child is stopped on the way out
+    with sigterm_as_interrupt(), child_processes() as children:
         session = DemoSession(config, out, store_uri, workers, children)
         try:
             session.run(controller_url=args.controller)
@@ -241,6 +242,7 @@ class DemoSession:
         total = 1 + self.config.population * self.config.rounds
         last = ""
         workers = [p for p in self.children.procs if "worker" in " ".join(map(str, p.args))]
+        done_before = None  # members a resumed run had already trained: not this session's rate
         while True:
             run = client.get_run(run_id)
             done = sum(
@@ -249,13 +251,16 @@ class DemoSession:
                 for c in item["candidates"]
                 if c.get("valid", True) and (c.get("pq") is not None or c.get("diverged"))
             )
+            done_before = done if done_before is None else done_before
             elapsed = time.monotonic() - started
-            eta = f"{elapsed / done * (total - done):.0f}s" if done else "?"
+            per_minute = (done - done_before) / elapsed * 60 if done > done_before else None
+            eta = f"{(total - done) / per_minute * 60:.0f}s" if per_minute else "?"
+            rate = f"{per_minute:.1f} members/min" if per_minute else "?"
             best = run["best"]["pq"] if run.get("best") else None
             line = (
                 f"round {run['round']}/{run['rounds']}  members trained {done}/{total}  "
                 f"best PQ {best if best is None else f'{best:.2f}'}  "
-                f"elapsed {elapsed:.0f}s  ETA {eta}"
+                f"elapsed {elapsed:.0f}s  rate {rate}  ETA {eta}"
             )
             if line.split("elapsed")[0] != last.split("elapsed")[0]:
                 print(line, flush=True)

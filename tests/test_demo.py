@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,15 +20,46 @@ ROW = re.compile(
 )
 
 
+def _demo_argv(out: Path) -> list[str]:
+    return [sys.executable, "-m", "controller_service", "demo", "--quick", "--out", str(out)]
+
+
 def _demo(out: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "controller_service", "demo", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = subprocess.run(_demo_argv(out), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that name ``text`` (the demo's children all do)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def _interrupt_mid_exploration(out: Path) -> str:
+    """Start the demo, press Ctrl-C once the exploration has trained a member, return stdout."""
+    proc = subprocess.Popen(_demo_argv(out), stdout=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        lines.append(line)
+        if "members trained 1/" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    stdout = "".join(lines) + rest
+    assert proc.returncode == 130, stdout
+    assert "run the same command to resume" in stdout
+    return stdout
 
 
 def _table(stdout: str) -> dict[str, tuple[float, float, float]]:
@@ -38,14 +72,22 @@ def _table(stdout: str) -> dict[str, tuple[float, float, float]]:
 
 
 @pytest.mark.slow
-def test_quick_demo_prints_numbers_that_are_in_the_store(tmp_path: Path) -> None:
+def test_quick_demo_resumes_after_ctrl_c_and_its_numbers_are_in_the_store(tmp_path: Path) -> None:
     out = tmp_path / "outputs"
+    # Ctrl-C mid-exploration stops every process the demo started ...
+    first = _interrupt_mid_exploration(out)
+    deadline = time.monotonic() + 15
+    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(out)) == []
+    # ... and the same command resumes the run it created.
+    run_id = re.search(r"created run ([0-9a-f]+)", first).group(1)
     stdout = _demo(out)
+    assert f"resuming run {run_id}" in stdout
     table = _table(stdout)
     assert set(table) == {"baseline", "Ada-Segment-A", "Ada-Segment (transfer"}, stdout
 
     tag = re.search(r"adaseg demo (demo-[0-9a-f]+)", stdout).group(1)
-    run_id = re.search(r"created run ([0-9a-f]+)", stdout).group(1)
     store = open_store((out / "store").as_uri())
     sources = {
         "baseline": f"transfers/{tag}-equal/metrics.json",
@@ -75,3 +117,28 @@ def test_quick_demo_prints_numbers_that_are_in_the_store(tmp_path: Path) -> None
     again = _demo(out)
     assert again.count("already done") == 3 and "exploration already finished" in again
     assert _table(again) == table
+
+
+@pytest.mark.slow
+def test_quick_demo_against_a_running_controller_and_an_s3_store(
+    tmp_path: Path, s3_env: dict[str, str], s3_store_uri: str, controller_factory
+) -> None:
+    """``adaseg demo --controller URL --store s3://...``: the cluster path, with the test's
+    S3 server standing in for MinIO; every number and checkpoint lands in the bucket."""
+    controller = controller_factory(store_uri=s3_store_uri, env=s3_env)
+    out = tmp_path / "outputs"
+    argv = _demo_argv(out) + ["--controller", controller.url, "--store", s3_store_uri]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=900, env={**os.environ, **s3_env}
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "controller on" not in result.stdout  # it used ours, started none
+    table = _table(result.stdout)
+    tag = re.search(r"adaseg demo (demo-[0-9a-f]+)", result.stdout).group(1)
+    store = open_store(s3_store_uri)
+    metrics = store.get_json(f"transfers/{tag}-ensemble/metrics.json")
+    assert table["Ada-Segment (transfer"] == pytest.approx(
+        (metrics["pq"], metrics["pq_th"], metrics["pq_st"]), abs=0.006
+    )
+    assert store.exists(f"transfers/{tag}-equal/final.pt")
+    assert not (out / "store").exists()  # nothing went to the default file store
