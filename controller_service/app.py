@@ -3,9 +3,12 @@
 A thin shell: routes translate JSON to calls of the run repository and its
 errors to HTTP statuses (422 bad input, 404 unknown run or assignment, 409
 conflict with the run's state, 503 store unavailable), always as JSON
-``{"detail": ...}``. Around the routes: a request-size limit (413), bearer
-token auth on ``/v1`` when a token is configured (401), and the open probes
-``/healthz`` (process alive), ``/readyz`` (store reachable) and ``/metrics``.
+``{"detail": ...}``. Around the routes, outermost first: bearer token auth on
+``/v1`` when a token is configured (401), a request-size limit (413), and the
+open probes ``/healthz`` (process alive), ``/readyz`` (store reachable) and
+``/metrics``. Auth comes first so that a client without the token learns
+nothing from the service (not even how it parses or limits bodies) and costs
+it no body read.
 
 Routes are plain ``def`` functions: FastAPI runs them in its thread pool, so
 blocking store I/O never stalls the event loop, and the repository's per-run
@@ -25,14 +28,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException
+from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller_service import schemas
@@ -44,21 +46,58 @@ from controller_service.store import ObjectStore, StoreError, open_store
 log = logging.getLogger(__name__)
 API_VERSION = "0.1.0"
 WARM_UP_DELAY = 0.5  # seconds after startup before torch is imported in the background
-# A lease that finds no work waits this long at most for the round to complete; well
-# under the client's default timeout (10 s).
-LEASE_HOLD_SECONDS = 5.0
+PROTECTED_PREFIX = "/v1"  # the API; probes, metrics and the docs stay open
+
+
+class BearerAuth:
+    """ASGI middleware: 401 on ``/v1`` unless ``Authorization: Bearer <token>`` matches.
+
+    Pure ASGI and outside everything else, so the check runs before any body is
+    read or parsed: a request without the token gets 401, never a 413 or a 422
+    that would tell an unauthenticated client how its body was judged. The
+    comparison is constant-time (``hmac.compare_digest``) so response times do
+    not leak the token. Paths outside ``/v1`` pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = token.encode()
+
+    def _allowed(self, scope: Scope) -> bool:
+        raw = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        scheme, _, given = raw.partition(b" ")
+        # compare even when the scheme is wrong, so both refusals take the same time
+        matches = hmac.compare_digest(given, self._expected)
+        return scheme.lower() == b"bearer" and matches
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        protected = path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+        if protected and not self._allowed(scope):
+            response = JSONResponse(
+                {"detail": "missing or wrong bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
     """ASGI middleware: 413 for bodies over ``max_bytes``, by Content-Length and as streamed.
 
     The body is read here (it is at most ``max_bytes``) and replayed to the app,
-    so a chunked upload without Content-Length is limited too.
+    so a chunked upload without Content-Length is limited too. ``on_refused(path)``
+    is told of each refusal (the service counts refused reports in its metrics).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, on_refused: Callable[[str], None] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +131,8 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.on_refused is not None:
+            self.on_refused(scope.get("path", ""))
         detail = f"request body larger than {self.max_bytes} bytes (ADASEG_MAX_BODY_BYTES)"
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
@@ -184,24 +225,14 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
-_bearer = HTTPBearer(auto_error=False, description="ADASEG_TOKEN, when the service has one")
+# Documentation only: puts the bearer scheme into /openapi.json and /docs. It never
+# refuses anything (auto_error=False); BearerAuth does the check, before the body is read.
+_bearer_scheme = HTTPBearer(auto_error=False, description="ADASEG_TOKEN, when the service has one")
 
 
-async def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """401 unless the bearer token matches ADASEG_TOKEN (constant-time); open without one.
-
-    ``async`` only so that FastAPI does not send it through the thread pool."""
-    expected: str | None = request.app.state.settings.token
-    if not expected:
-        return
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-        )
+def _is_report(path: str) -> bool:
+    """A report request, whose refusals count as ``adaseg_reports_total{outcome="rejected"}``."""
+    return path.endswith("/report")
 
 
 def _warm_up() -> None:
@@ -216,12 +247,13 @@ def create_app(
     *,
     store: ObjectStore | None = None,
     clock: Callable[[], float] = time.time,
-    lease_hold_seconds: float = LEASE_HOLD_SECONDS,
 ) -> FastAPI:
     """The service for ``settings`` (default: from the environment); ``store`` and ``clock``
     replace the ones the settings would give (tests). A lease that finds no work is held
-    up to ``lease_hold_seconds`` for the round to complete before it answers ``wait``."""
+    up to ``settings.lease_hold_seconds`` for the round to complete before it answers
+    ``wait``."""
     settings = settings or Settings.from_env()
+    lease_hold_seconds = settings.lease_hold_seconds
     store = store or open_store(settings.store)
     metrics = ServiceMetrics()
     events = _Events(metrics)
@@ -250,7 +282,15 @@ def create_app(
     app.state.settings = settings
     app.state.repository = repository
     app.state.metrics = metrics
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    def body_refused(path: str) -> None:
+        if _is_report(path):
+            metrics.report("rejected")
+
+    # the last added runs first: auth (401) before the body limit (413), see the docstring
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, on_refused=body_refused)
+    if settings.token:
+        app.add_middleware(BearerAuth, token=settings.token)
 
     errors = {
         status: {"model": schemas.ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)
@@ -269,7 +309,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if request.url.path.endswith("/report"):
+        if _is_report(request.url.path):
             metrics.report("rejected")
         return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
 
@@ -301,7 +341,9 @@ def create_app(
 
     # -- v1 ------------------------------------------------------------------------------------
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors)
+    v1 = APIRouter(
+        prefix=PROTECTED_PREFIX, dependencies=[Depends(_bearer_scheme)], responses=errors
+    )
 
     @v1.post("/runs", status_code=201, response_model=schemas.RunRecord, tags=["runs"])
     def create_run(body: schemas.CreateRunRequest) -> dict[str, Any]:

@@ -201,6 +201,16 @@ class Policy:
         ``invalid`` (reward -1 in Eq. 6) and the member draws again. After
         ``max_draws`` invalid draws the last one is clipped to ``floor`` so the
         round always has m candidates. Advances the policy's RNG.
+
+        The clipped copy is a candidate like any other: it is trained, and
+        :meth:`update` scores it in Eq. 6 at its reward as if it had been
+        sampled (it was not: it is the last invalid draw with its non-positive
+        components moved to ``floor``), while the ``max_draws`` invalid draws
+        before it each carry -1. A deliberate choice: the trained member must
+        get its reward somewhere, and there is no exact density for a clipped
+        point; it only happens when pi puts a mean far below 0, and then the
+        member's ``max_draws`` invalid draws at -1 outnumber it in the step.
+        The effectiveness benchmark's numbers rest on this rule, so it stays.
         """
         _require_int("m", m, minimum=1)
         mean_array = validate_vector(mean, self.config.n_losses, "mean")
@@ -243,6 +253,11 @@ class Policy:
         ``losses`` is the policy input the candidates were drawn for (the best
         member's loss vector of the previous round); ``drawn`` holds the trained
         and the invalid candidates, ``rewards`` their rewards in the same order.
+
+        Every row enters the Gaussian log-density, including a member that
+        :meth:`sample` clipped to ``floor`` after ``max_draws`` invalid draws:
+        it was trained, so it gets its reward here as if it had been sampled,
+        next to the -1 of each of those invalid draws (see :meth:`sample`).
         """
         n = self.config.n_losses
         loss_tensor = torch.from_numpy(validate_losses(losses, n))

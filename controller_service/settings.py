@@ -8,8 +8,9 @@ cluster (where the Deployment sets them from a ConfigMap and a Secret):
     Default ``file://$PWD/outputs/store``.
 ``ADASEG_TOKEN``
     Bearer token required on every ``/v1`` request when set and non-empty
-    (compared in constant time). ``/healthz``, ``/readyz`` and ``/metrics``
-    stay open so probes and Prometheus need no secret. Default: unset (no auth).
+    (compared in constant time, before the body is read). ``/healthz``,
+    ``/readyz``, ``/metrics``, ``/docs`` and ``/openapi.json`` stay open so
+    probes and Prometheus need no secret. Default: unset (no auth).
 ``ADASEG_HOST``
     Address to listen on. Default ``127.0.0.1``; use ``0.0.0.0`` in a pod.
 ``ADASEG_PORT``
@@ -19,6 +20,12 @@ cluster (where the Deployment sets them from a ConfigMap and a Secret):
 ``ADASEG_LOG_LEVEL``
     ``critical``, ``error``, ``warning``, ``info`` (default) or ``debug``;
     ``debug`` also turns on uvicorn's access log.
+``ADASEG_LEASE_HOLD_SECONDS``
+    How long a lease request that finds no free member is held (a long poll)
+    waiting for the round to complete before it answers ``{"state": "wait",
+    "retry_after": ...}``. Default ``5``; ``0`` answers ``wait`` at once. Keep
+    it well under the trainers' HTTP timeout (the client's default is 10 s),
+    or a held lease times out on the client instead of answering.
 ``ADASEG_S3_ENDPOINT``, ``ADASEG_S3_ACCESS_KEY``, ``ADASEG_S3_SECRET_KEY``, ``ADASEG_S3_SECURE``, ``ADASEG_S3_REGION``
     Endpoint (``host:port``), credentials, TLS (``true``/``false``, default
     false) and region of the S3 server for ``s3://`` stores; read by
@@ -29,6 +36,7 @@ cluster (where the Deployment sets them from a ConfigMap and a Secret):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -37,6 +45,8 @@ from pathlib import Path
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+# well under the client's default timeout (10 s): a held lease must answer before it
+DEFAULT_LEASE_HOLD_SECONDS = 5.0
 
 
 class SettingsError(ValueError):
@@ -58,16 +68,26 @@ class Settings:
     port: int = DEFAULT_PORT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"
+    lease_hold_seconds: float = DEFAULT_LEASE_HOLD_SECONDS
 
     def __post_init__(self) -> None:
+        # each message names the variable (and the flag, where there is one): the user
+        # must learn which of a Deployment's many settings is wrong
         if not self.store:
             raise SettingsError("store URI must not be empty (ADASEG_STORE or --store)")
         if not 0 < self.port < 65536:
-            raise SettingsError(f"port must be in 1..65535, got {self.port}")
+            raise SettingsError(f"ADASEG_PORT (or --port) must be in 1..65535, got {self.port}")
         if self.max_body_bytes < 1:
             raise SettingsError(f"ADASEG_MAX_BODY_BYTES must be >= 1, got {self.max_body_bytes}")
         if self.log_level not in LOG_LEVELS:
-            raise SettingsError(f"log level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+            raise SettingsError(
+                f"ADASEG_LOG_LEVEL (or --log-level) must be one of {LOG_LEVELS}, "
+                f"got {self.log_level!r}"
+            )
+        if not (math.isfinite(self.lease_hold_seconds) and self.lease_hold_seconds >= 0):
+            raise SettingsError(
+                f"ADASEG_LEASE_HOLD_SECONDS must be finite and >= 0, got {self.lease_hold_seconds}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -79,6 +99,7 @@ class Settings:
             port=_int(env, "ADASEG_PORT", DEFAULT_PORT),
             max_body_bytes=_int(env, "ADASEG_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             log_level=(env.get("ADASEG_LOG_LEVEL") or "info").lower(),
+            lease_hold_seconds=_float(env, "ADASEG_LEASE_HOLD_SECONDS", DEFAULT_LEASE_HOLD_SECONDS),
         )
 
     def override(self, **values: object) -> Settings:
@@ -94,3 +115,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None

@@ -8,6 +8,7 @@ checkpoint each round starts from, what is drawn once, what a refusal leaves.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import threading
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from controller_service import runs
+from controller_service import runs, schemas
+from controller_service.ensemble import transfer_weights
 from controller_service.layout import init_checkpoint_key, policy_snapshot_key, run_state_key
-from controller_service.policy import Policy
+from controller_service.policy import Policy, PolicyConfig
 from controller_service.rewards import rewards
 from controller_service.runs import MemberReport, RunConflict, RunInputError, RunNotFound, RunSpec
 from controller_service.store import FileStore, StoreError
@@ -513,3 +515,76 @@ def test_lease_many_serves_held_workers_in_one_transaction(tmp_path):
     assert answers["e"]["state"] == "wait"
     members = store.get_json(run_state_key("run1"))["current"]["members"]
     assert [m["worker"] for m in members] == ["b", "c", "d"]  # written before answering
+
+
+def test_invalid_draws_are_in_the_run_record_with_reward_minus_one():
+    # std 2 around lambda ~ 1: about a third of the components fall <= 0, so a round of
+    # 3 members has invalid draws for this seed (asserted below, so the test has teeth)
+    spec, state = new_state(population=3, rounds=1, sigma=2.0)
+    finish_round(state)  # round 0
+    inputs = _vector_of(state["current"]["draw"]["input_losses"])
+    replay = Policy(spec.policy_config(), 11)
+    draw = replay.sample(replay.mean_weights(inputs), 3)
+    assert draw.invalid and not draw.clipped_members
+    outcome = finish_round(state)
+
+    record = runs.run_record(state)["history"][1]
+    schemas.RunRecord.model_validate(runs.run_record(state))  # what GET /v1/runs/{id} answers
+    trained, invalid = record["candidates"][:3], record["candidates"][3:]
+    assert all(c["valid"] for c in trained)
+    assert record["invalid_draws"] == len(invalid) == len(draw.invalid)
+    assert [c["member"] for c in invalid] == draw.invalid_members
+    assert [_vector_of(c["weights"]) for c in invalid] == draw.invalid
+    for candidate in invalid:
+        assert candidate["valid"] is False and candidate["reward"] == -1.0
+        assert set(candidate) == {"member", "weights", "valid", "reward"}  # never trained
+        assert min(candidate["weights"].values()) <= 0
+
+    # Eq. 6 used them at -1: pi^1 is the update over trained + invalid, not trained only
+    member_rewards = [c["reward"] for c in trained]
+    replay.update(inputs, draw.candidates + draw.invalid, member_rewards + [-1.0] * len(invalid))
+    assert outcome.snapshots == {1: replay.snapshot()}
+    trained_only = Policy(spec.policy_config(), 11)
+    trained_only.update(inputs, draw.candidates, member_rewards)
+    assert trained_only.snapshot() != replay.snapshot()
+
+
+def _vector_of(values: dict[str, float]) -> list[float]:
+    return [values[name] for name in NAMES]
+
+
+def test_defaults_are_design_md_s_in_the_dataclasses_and_the_api_schema():
+    """DESIGN.md pins these; the pure config, the run spec and the HTTP schema must agree."""
+    run_defaults = {
+        "population": 8,
+        "rounds": 12,
+        "sigma": 0.2,
+        "sigma_mode": "absolute",
+        "policy_lr": 5e-2,
+        "policy_weight_decay": 5e-4,
+        "policy_steps": 1,
+        "hidden": 16,
+        "reward_terms": "local+imp",
+    }
+    config = PolicyConfig(n_losses=len(NAMES))
+    assert (config.lr, config.weight_decay, config.sigma, config.sigma_mode) == (
+        5e-2,
+        5e-4,
+        0.2,
+        "absolute",
+    )
+    assert (config.hidden, config.steps, config.max_draws, config.floor) == (16, 1, 100, 1e-3)
+    spec = RunSpec(loss_names=NAMES)
+    assert {key: spec.config()[key] for key in run_defaults} == run_defaults
+    assert spec.policy_config() == config
+
+    request = schemas.CreateRunRequest(loss_names=list(NAMES)).model_dump()
+    assert {key: request[key] for key in run_defaults} == run_defaults
+    documented = schemas.CreateRunRequest.model_json_schema()["properties"]
+    assert {key: documented[key]["default"] for key in run_defaults} == run_defaults
+
+    # Eq. 7's gamma 0.9 for POST /weights, in the schema and every layer below it
+    assert schemas.WeightsRequest(epoch=0, epochs=1).gamma == 0.9
+    assert schemas.WeightsRequest.model_json_schema()["properties"]["gamma"]["default"] == 0.9
+    for function in (runs.transfer_weights_for, runs.RunRepository.weights, transfer_weights):
+        assert inspect.signature(function).parameters["gamma"].default == 0.9, function

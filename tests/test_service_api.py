@@ -21,12 +21,15 @@ import pytest
 
 from controller_service.client import ControllerClient, Unauthorized
 from controller_service.layout import run_state_key
+from controller_service.settings import DEFAULT_LEASE_HOLD_SECONDS
 from controller_service.store import FileStore
-from tests.fixtures.controller import ControllerProcess
+from tests.fixtures.controller import ControllerProcess, start_controller
 
 NAMES = ["semantic", "center", "offset"]
 LOSSES = {"semantic": 1.5, "center": 0.2, "offset": 3.0}
 WRONG_NAME = {"semantic": 1.5, "centre": 0.2, "offset": 3.0}
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,21 @@ def service(shared_controller: ControllerProcess) -> ControllerProcess:
 
 @pytest.fixture(scope="module")
 def store(service: ControllerProcess) -> FileStore:
-    return FileStore(Path(service.store_uri.removeprefix("file://")))
+    return store_of(service)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    """A controller with ``ADASEG_TOKEN`` set, shared by the auth tests of this module."""
+    root = tmp_path_factory.mktemp("secured-controller")
+    (root / "store").mkdir()
+    controller = start_controller((root / "store").as_uri(), token=TOKEN, log_dir=root)
+    yield controller
+    controller.stop()
+
+
+def store_of(controller: ControllerProcess) -> FileStore:
+    return FileStore(Path(controller.store_uri.removeprefix("file://")))
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +79,21 @@ def detail_text(response: httpx.Response) -> str:
 
 def snapshot_store(store: FileStore) -> dict[str, bytes]:
     return {key: store.get(key) for key in store.list()}
+
+
+def metric_samples(service: ControllerProcess) -> dict[str, float]:
+    """``GET /metrics`` as ``{'name{labels}': value}``."""
+    response = httpx.get(service.url + "/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+REJECTED_REPORTS = 'adaseg_reports_total{outcome="rejected"}'
 
 
 def good_report(**changes: Any) -> dict[str, Any]:
@@ -133,6 +165,7 @@ def test_unknown_run_assignment_and_oversized_bodies_are_refused(service, store,
         assert response.status_code == 404 and response.json()["detail"], path
 
     report_path = f"/v1/runs/{run}/assignments/{assignment}/report"
+    rejected_before = metric_samples(service)[REJECTED_REPORTS]
     huge = good_report(metrics={"blob": "x" * (2 << 20)})
     response = post(service, report_path, huge)  # Content-Length over ADASEG_MAX_BODY_BYTES
     assert response.status_code == 413 and "larger than" in response.json()["detail"]
@@ -145,6 +178,7 @@ def test_unknown_run_assignment_and_oversized_bodies_are_refused(service, store,
 
     response = httpx.post(service.url + report_path, content=chunks(), timeout=10)
     assert response.status_code == 413
+    assert metric_samples(service)[REJECTED_REPORTS] == rejected_before + 2  # both 413s count
     assert store.get(run_state_key(run)) == state_before
     assert snapshot_store(store) == before
 
@@ -204,19 +238,13 @@ def test_probes_metrics_and_openapi(service, open_run):
     path = f"/v1/runs/{run['id']}/assignments/{open_run['assignment']}/report"
     assert post(service, path, good_report(pq=-5)).status_code == 422
 
-    response = httpx.get(service.url + "/metrics")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for line in response.text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
+    samples = metric_samples(service)
     assert samples['adaseg_runs{status="running"}'] >= 1
     assert samples[f'adaseg_run_best_pq{{run="{run["id"]}"}}'] == run["best"]["pq"]
     assert samples[f'adaseg_run_rounds_completed{{run="{run["id"]}"}}'] == len(run["history"])
     assert samples["adaseg_leases_issued_total"] >= 2
     assert samples['adaseg_reports_total{outcome="accepted"}'] >= 1
-    assert samples['adaseg_reports_total{outcome="rejected"}'] >= 1
+    assert samples[REJECTED_REPORTS] >= 1
     assert "adaseg_leases_expired_total" in samples
     assert "adaseg_rounds_completed_total" in samples
 
@@ -237,24 +265,94 @@ def test_probes_metrics_and_openapi(service, open_run):
 
 
 def test_token_auth_guards_v1_only(controller_factory):
-    secured = controller_factory(token="s3cret-token")
+    secured = controller_factory(token=TOKEN)  # its own store: no run exists
     url = secured.url
     assert httpx.get(url + "/v1/runs").status_code == 401
     wrong = httpx.get(url + "/v1/runs", headers={"Authorization": "Bearer s3cret-tokeN"})
     assert wrong.status_code == 401 and wrong.json()["detail"]
     assert wrong.headers["www-authenticate"] == "Bearer"
-    basic = httpx.get(url + "/v1/runs", headers={"Authorization": "Basic s3cret-token"})
+    basic = httpx.get(url + "/v1/runs", headers={"Authorization": f"Basic {TOKEN}"})
     assert basic.status_code == 401
     response = post(secured, "/v1/runs", {"loss_names": NAMES}, headers={})
     assert response.status_code == 401  # refused before the body is even looked at
-    ok = httpx.get(url + "/v1/runs", headers={"Authorization": "Bearer s3cret-token"})
+    ok = httpx.get(url + "/v1/runs", headers=AUTH)
     assert ok.status_code == 200 and ok.json() == []
-    for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
         assert httpx.get(url + open_path).status_code == 200, open_path
+    openapi = httpx.get(url + "/openapi.json").json()
+    schemes = openapi["components"]["securitySchemes"]
+    assert [scheme["scheme"] for scheme in schemes.values()] == ["bearer"]
+    assert openapi["paths"]["/v1/runs"]["post"]["security"] == [{name: []} for name in schemes]
 
     with pytest.raises(Unauthorized, match="bearer token"):
         ControllerClient(url, token="nope").list_runs()
-    assert ControllerClient(url, token="s3cret-token").list_runs() == []
+    assert ControllerClient(url, token=TOKEN).list_runs() == []
+
+
+def test_auth_is_checked_before_the_body_is_parsed_or_measured(secured):
+    malformed = '{"loss_names": ["a",'
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = post(secured, "/v1/runs", malformed, headers=headers)
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == "Bearer"
+    response = post(secured, "/v1/runs", malformed, headers=AUTH)
+    assert response.status_code == 422 and "json" in detail_text(response).lower()
+
+    # 401 before 413 too: without the token, nothing about the body is judged
+    huge = {"loss_names": NAMES, "name": "x" * (2 << 20)}
+    assert post(secured, "/v1/runs", huge).status_code == 401
+    assert post(secured, "/v1/runs", huge, headers=AUTH).status_code == 413
+
+
+def test_refused_tokens_leave_the_run_and_the_store_byte_identical(secured):
+    client = ControllerClient(secured.url, token=TOKEN)
+    run = client.create_run(NAMES, population=2, rounds=1, seed=5, name="auth")["id"]
+    zero = client.lease(run, "w0")["assignment"]
+    store = store_of(secured)
+    state_before, before = store.get(run_state_key(run)), snapshot_store(store)
+
+    # each of these changes the store when it gets through (a new run, a fresh deadline
+    # for w0's lease, the pseudo epoch completed) or reads the run (weights)
+    requests = [
+        ("/v1/runs", {"loss_names": NAMES}),
+        (f"/v1/runs/{run}/leases", {"worker": "w0"}),
+        (f"/v1/runs/{run}/assignments/{zero['id']}/heartbeat", {}),
+        (
+            f"/v1/runs/{run}/assignments/{zero['id']}/report",
+            good_report(checkpoint_uri=zero["checkpoint_uri"]),
+        ),
+        (f"/v1/runs/{run}/weights", {"losses": LOSSES, "epoch": 1, "epochs": 4}),
+    ]
+    refused = [{}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Basic {TOKEN}"}]
+    for headers in refused:
+        for path, body in requests:
+            response = post(secured, path, body, headers=headers)
+            assert response.status_code == 401, (path, headers, response.text)
+            assert store.get(run_state_key(run)) == state_before, (path, headers)
+    assert snapshot_store(store) == before
+    assert client.get_run(run)["current"]["members"] == {"pending": 0, "leased": 1, "done": 0}
+
+    # with the token the same heartbeat does change the state: the comparison has teeth
+    time.sleep(0.01)  # a later clock, so the new deadline differs
+    assert client.heartbeat(run, zero["id"])["state"] == "leased"
+    assert store.get(run_state_key(run)) != state_before
+
+
+def test_a_lease_held_without_work_answers_wait_after_the_configured_hold(controller_factory):
+    hold = 0.3
+    controller = controller_factory(env={"ADASEG_LEASE_HOLD_SECONDS": str(hold)})
+    client = ControllerClient(controller.url)
+    run = client.create_run(NAMES, population=2, rounds=1, seed=9)["id"]
+    client.lease(run, "first")  # the pseudo epoch's only member is out
+
+    began = time.monotonic()
+    response = post(controller, f"/v1/runs/{run}/leases", {"worker": "second"})
+    elapsed = time.monotonic() - began
+    answer = response.json()
+    assert response.status_code == 200, response.text
+    assert answer["state"] == "wait" and answer["retry_after"] > 0 and "assignment" not in answer
+    assert float(response.headers["server-timing"].split("dur=")[1]) > 0.0  # it was held ...
+    assert hold <= elapsed < DEFAULT_LEASE_HOLD_SECONDS  # ... for the setting, not the default
 
 
 def test_a_lease_without_work_is_held_until_the_round_completes(service):
