@@ -20,6 +20,10 @@ Choices where DESIGN.md is silent (the README repeats them):
 
 * Round 0, the pseudo epoch, has one assignment (member 0, all weights 1)
   that starts from ``init.pt``; its losses are l^1 and its PQ is v_best_0.
+  It runs *before* the training schedule (the paper: "before the exact
+  training schedule"): rounds 1..T are epochs 0..T-1 of a T-epoch schedule,
+  so the best model of round T has trained exactly T epochs, like a baseline
+  of T epochs. See :func:`schedule_position`.
   If it diverges the run cannot start: its status becomes ``failed`` (with a
   ``failure`` reason) and leases on it are refused with 409.
 * ``best`` is the model the next round starts from: the best member of the
@@ -552,11 +556,23 @@ def lease_many(
     return outcomes
 
 
+def schedule_position(round_: int, rounds: int) -> tuple[int, int]:
+    """``(epoch, epochs)``: where a round's interval lies in the trainers' LR schedule.
+
+    Rounds 1..T train epochs 0..T-1 of one T-epoch schedule (0-based). Round 0,
+    the pseudo epoch, starts from the same initial model as round 1 and trains
+    at round 1's position, so the probe that gives l^1 sees the learning rate
+    the first real epoch will see, and the schedule is not shortened by it.
+    """
+    return max(round_ - 1, 0), rounds
+
+
 def _assignment(
     state: Mapping[str, Any], member: Mapping[str, Any], uri_of: Callable[[str], str]
 ) -> dict[str, Any]:
     current = state["current"]
     round_, j = current["round"], member["member"]
+    epoch, epochs = schedule_position(round_, state["config"]["rounds"])
     return {
         "id": member["assignment_id"],
         "round": round_,
@@ -564,8 +580,8 @@ def _assignment(
         "weights": dict(current["draw"]["candidates"][j]),
         "init_checkpoint_uri": current["draw"]["init_checkpoint_uri"],
         "checkpoint_uri": uri_of(member_checkpoint_key(state["id"], round_, j)),
-        "epoch": round_,
-        "epochs": state["config"]["rounds"] + 1,
+        "epoch": epoch,
+        "epochs": epochs,
         "deadline": member["deadline"],
         "lease_seconds": state["config"]["lease_seconds"],
     }

@@ -82,13 +82,13 @@ def test_run_goes_from_pseudo_epoch_through_every_round_to_finished():
     spec, state = new_state(population=3, rounds=2)
     replay = Policy(spec.policy_config(), 11)
 
-    # round 0: one assignment, member 0, all weights 1, from init.pt, epoch 0 of T+1
+    # round 0: one assignment, member 0, all weights 1, from init.pt, at epoch 0 of T
     zero = take(state, "w0")
     assert (zero["id"], zero["round"], zero["member"]) == ("r000-m00-a1", 0, 0)
     assert zero["weights"] == {name: 1.0 for name in NAMES}
     assert zero["init_checkpoint_uri"] == INIT_URI
     assert zero["checkpoint_uri"] == uri_of("runs/run1/checkpoints/r000-m00.pt")
-    assert (zero["epoch"], zero["epochs"]) == (0, 3)
+    assert (zero["epoch"], zero["epochs"]) == (0, 2)
     assert runs.lease(state, "other", now=0.0, uri_of=uri_of).answer["state"] == "wait"
     initial_losses, v0 = trained(zero["weights"])
     outcome = runs.report(state, zero["id"], result_of(zero), now=1.0)
@@ -104,7 +104,7 @@ def test_run_goes_from_pseudo_epoch_through_every_round_to_finished():
     for a, candidate in zip(assignments, draw.candidates, strict=True):
         assert a["weights"] == dict(zip(NAMES, candidate, strict=True))
         assert a["init_checkpoint_uri"] == INIT_URI
-        assert (a["epoch"], a["epochs"]) == (1, 3)
+        assert (a["epoch"], a["epochs"]) == (0, 2)  # the schedule starts after round 0
     results = [trained(a["weights"]) for a in assignments]
     for a in assignments[:2]:
         assert not runs.report(state, a["id"], result_of(a), now=3.0).answer["round_completed"]
@@ -131,6 +131,7 @@ def test_run_goes_from_pseudo_epoch_through_every_round_to_finished():
     draw2 = replay.sample(replay.mean_weights([best_losses[n] for n in NAMES]), 3)
     round2 = take(state, "w0", now=4.0)
     assert round2["init_checkpoint_uri"] == assignments[best]["checkpoint_uri"]
+    assert (round2["epoch"], round2["epochs"]) == (1, 2)  # the broadcast continues the schedule
     assert round2["weights"] == dict(zip(NAMES, draw2.candidates[0], strict=True))
     assert state["current"]["draw"]["input_losses"] == best_losses
     runs.report(state, round2["id"], result_of(round2), now=4.0)

@@ -133,8 +133,10 @@ def open_next_round(state: dict[str, Any], config: PbtConfig) -> dict[str, Any] 
 def assignment(config: PbtConfig, record: Mapping[str, Any], member: int, uri_of: Any) -> dict:
     """What the controller would lease for this member (the worker's input)."""
     from controller_service.layout import member_checkpoint_key
+    from controller_service.runs import schedule_position
 
     round_ = record["round"]
+    epoch, epochs = schedule_position(round_, config.rounds)
     return {
         "id": f"r{round_:03d}-m{member:02d}-a1",
         "round": round_,
@@ -142,8 +144,8 @@ def assignment(config: PbtConfig, record: Mapping[str, Any], member: int, uri_of
         "weights": dict(record["weights"][member]),
         "init_checkpoint_uri": record["init_checkpoint_uri"],
         "checkpoint_uri": uri_of(member_checkpoint_key(config.run_id, round_, member)),
-        "epoch": round_,
-        "epochs": config.rounds + 1,
+        "epoch": epoch,
+        "epochs": epochs,
         "lease_seconds": LEASE_SECONDS,
     }
 

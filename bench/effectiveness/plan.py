@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Bump when the way a cell is run changes, so old cached results are not mixed in.
-HARNESS_VERSION = 1
+# 2: the exploration has T = E rounds after the pseudo epoch (it had E - 1, and round 1
+# started at the second epoch of the schedule), so Ada-Segment-A trains E epochs too.
+HARNESS_VERSION = 2
 
 # Panoptic-DeepLab's hand-tuned weights, in the model's loss order (the grid is centred on them).
 PUBLISHED = {"semantic": 1.0, "center": 200.0, "offset": 0.01}
@@ -29,8 +31,9 @@ class Scale:
     """Sizes shared by every row, so rows differ only in where their loss weights come from.
 
     ``epochs`` is E, the training length of every static or transfer run; the
-    exploration has the same length per trajectory: the pseudo epoch plus
-    ``rounds`` = E - 1 rounds (paper: one epoch per round over the schedule).
+    exploration's trajectory has the same length: ``rounds`` = E rounds of one
+    epoch each (the paper: one epoch between checkpoints), after the pseudo
+    epoch, which the paper runs before the schedule and which is only a probe.
     """
 
     name: str
@@ -49,7 +52,7 @@ class Scale:
 
     @property
     def rounds(self) -> int:
-        return self.epochs - 1
+        return self.epochs
 
     @property
     def search_epochs(self) -> int:
