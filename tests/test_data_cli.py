@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from controller_service.cli import main
+from tests.fixtures.data import real_sample_layout
 from trainer_image.data.coco_panoptic import PanopticSplit
 from trainer_image.data.split import proxy_split
-from trainer_image.data_cli import parse_proxy_val
 
 
 def test_synth_split_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,9 +66,21 @@ def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "at least 16x16" in capsys.readouterr().err
 
 
-def test_parse_proxy_val() -> None:
-    assert parse_proxy_val("0.1") == 0.1 and isinstance(parse_proxy_val("0.1"), float)
-    assert parse_proxy_val("500") == 500 and isinstance(parse_proxy_val("500"), int)
-    assert parse_proxy_val("1e-1") == 0.1
-    with pytest.raises(ValueError, match="--proxy-val"):
-        parse_proxy_val("ten")
+def test_split_uses_the_shared_proxy_val_parser(synth_dir: Path, capsys) -> None:
+    """``data split`` and the worker read --proxy-val alike (data.split.parse_proxy_val)."""
+    assert main(["data", "split", "--data", str(synth_dir), "--proxy-val", "1"]) == 0
+    assert "proxy-val: 1 images" in capsys.readouterr().out
+    assert main(["data", "split", "--data", str(synth_dir), "--proxy-val", "1.0"]) == 1
+    assert "--proxy-val '1.0' is neither a fraction in (0, 1)" in capsys.readouterr().err
+
+
+def test_layouts_are_found_and_an_unknown_one_lists_the_paths(
+    coco_sample_dir: Path, tmp_path: Path, capsys
+) -> None:
+    root = real_sample_layout(coco_sample_dir, tmp_path / "ade", "ade20k")
+    assert main(["data", "check", "--data", str(root), "--split", "val"]) == 0
+    assert "ok: 2 images, 50 segments" in capsys.readouterr().out
+    assert main(["data", "check", "--data", str(tmp_path), "--split", "val"]) == 1
+    err = capsys.readouterr().err
+    assert f"no panoptic split 'val' under {tmp_path}" in err
+    assert str(tmp_path / "ade20k_panoptic_val.json") in err

@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.data import ADE20K_IMAGE_DIRS, LAYOUTS, real_sample_layout
 from trainer_image.data.coco_panoptic import (
     Category,
     DatasetError,
+    LayoutNotFound,
     PanopticSplit,
     segment_stats,
+    split_layouts,
     write_split,
 )
 from trainer_image.data.synth import synthesize
@@ -264,9 +267,69 @@ def test_ade20k_style_string_ids_and_explicit_paths(tmp_path: Path) -> None:
     split = PanopticSplit.from_files(
         ade / "ade20k_panoptic_val.json", ade / "ade20k_panoptic_val", ade / "images/validation"
     )
+    assert PanopticSplit.from_dir(ade, "val").records == split.records  # found by layout
     assert [r.image_id for r in split.records] == ["ADE_val_00000002", "ADE_val_00000001"]
     record = split.record("ADE_val_00000001")
     assert record.png_name == "ADE_val_00000001.png"
     np.testing.assert_array_equal(split.load_panoptic(record), ids)
     assert split.load_image(record).shape == (2, 3, 3)
     assert split.stuff_ids == (1,) and split.class_is_thing == (False, True)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def expected_paths(root: Path, layout: str, split: str) -> tuple[Path, Path, Path]:
+    """Where each layout keeps split ``split`` (train / val), written out by hand."""
+    if layout == "ade20k":
+        images = root / "images" / ADE20K_IMAGE_DIRS[split]
+        return root / f"ade20k_panoptic_{split}.json", root / f"ade20k_panoptic_{split}", images
+    coco = f"{split}2017"
+    pngs = (root / "annotations" if layout == "coco" else root) / f"panoptic_{coco}"
+    return root / "annotations" / f"panoptic_{coco}.json", pngs, root / coco
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_real_layouts_open_by_split_name(
+    coco_sample: PanopticSplit, coco_sample_dir: Path, tmp_path: Path, layout: str, split: str
+) -> None:
+    """COCO 2017 (official zip and detectron2) and ADE20K (detectron2's converter) trees of
+    the real sample open with the trainers' ``--split train|val``, and with the dataset's
+    own split name (``val2017``, ``validation``) too."""
+    root = real_sample_layout(coco_sample_dir, tmp_path, layout)
+    opened = PanopticSplit.from_dir(root, split)
+    assert (opened.json_path, opened.png_dir, opened.image_dir) == expected_paths(
+        root, layout, split
+    )
+    if layout == "ade20k":  # string ids, 0-based categories, as the converter writes them
+        assert [r.image_id for r in opened.records] == ["ADE_00000001", "ADE_00000002"]
+        assert opened.categories[0].id == 0 and len(opened.categories) == 133
+    else:
+        assert opened.records == coco_sample.records
+    for record in opened.records:
+        assert opened.load_image(record).shape[:2] == opened.load_panoptic(record).shape
+    own_name = ADE20K_IMAGE_DIRS[split] if layout == "ade20k" else f"{split}2017"
+    assert PanopticSplit.from_dir(root, own_name).records == opened.records
+
+
+def test_our_layout_comes_first(synth_dir: Path) -> None:
+    assert split_layouts(synth_dir, "train")[0][1] == (
+        synth_dir / "annotations" / "panoptic_train.json",
+        synth_dir / "annotations" / "panoptic_train",
+        synth_dir / "train",
+    )
+    assert PanopticSplit.from_dir(synth_dir, "train").image_dir == synth_dir / "train"
+
+
+def test_an_unknown_layout_lists_every_path_tried(tmp_path: Path) -> None:
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "panoptic_val2017.json").write_text("{}")  # no PNGs, no images
+    with pytest.raises(LayoutNotFound) as err:
+        PanopticSplit.from_dir(tmp_path, "val")
+    message = str(err.value)
+    for _, paths in split_layouts(tmp_path, "val"):
+        for path in paths:
+            assert str(path) in message
+    assert "ADE20K" in message and "COCO 2017 (detectron2)" in message
+    assert f"missing: {tmp_path / 'annotations' / 'panoptic_val2017'}," in message

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from trainer_image.data.coco_panoptic import PanopticSplit, write_split
-from trainer_image.data.split import proxy_split, proxy_val_count
+from trainer_image.data.split import parse_proxy_val, proxy_split, proxy_val_count
 from trainer_image.data.synth import SYNTH_CATEGORIES, render_image
 
 
@@ -73,3 +74,31 @@ def test_string_image_ids(tmp_path: Path) -> None:
     split = PanopticSplit.from_dir(tmp_path, "train")
     train, val = proxy_split(split, 2, seed=0)
     assert len(val) == 2 and set(_ids(train)) | set(_ids(val)) == {f"img_{i}" for i in range(6)}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0.1", 0.1), ("1e-1", 0.1), (" 0.5 ", 0.5), ("0.999", 0.999), ("1", 1), ("500", 500)],
+)
+def test_parse_proxy_val_fraction_or_count(text: str, expected: float | int) -> None:
+    value = parse_proxy_val(text)
+    assert value == expected and type(value) is type(expected)  # the type carries the meaning
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1.0", "neither a fraction in (0, 1) nor a whole number"),
+        ("500.0", "write a count without a decimal point"),
+        ("1e3", "neither a fraction"),
+        ("0.0", "neither a fraction"),
+        ("-0.5", "neither a fraction"),
+        ("nan", "neither a fraction"),
+        ("0", "as a count must be at least 1"),
+        ("-3", "as a count must be at least 1"),
+        ("ten", "must be a fraction in (0, 1) such as 0.1 or a whole number"),
+    ],
+)
+def test_parse_proxy_val_refuses_what_it_would_have_to_guess(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_proxy_val(text)

@@ -8,7 +8,8 @@
 also writes them as JSON (``proxy_train_ids``, ``proxy_val_ids``, ``proxy_val``,
 ``seed``). The trainers call ``proxy_split`` themselves with the same
 arguments, so this command is for looking, not a step they need. ``split`` and ``check`` take
-either ``--data DIR --split NAME`` (COCO / detectron2 layout) or the explicit
+either ``--data DIR --split NAME`` (any layout ``PanopticSplit.from_dir`` knows:
+ours, COCO 2017, detectron2's COCO and ADE20K) or the explicit
 ``--json --png-dir --image-dir [--categories-json]`` paths.
 """
 
@@ -23,8 +24,10 @@ from trainer_image.data.coco_panoptic import DatasetError, PanopticSplit
 
 
 def _add_split_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, help="dataset root (COCO / detectron2 layout)")
-    parser.add_argument("--split", default="train", help="split name under --data")
+    parser.add_argument(
+        "--data", type=Path, help="dataset root (ours, COCO 2017, detectron2 COCO or ADE20K layout)"
+    )
+    parser.add_argument("--split", default="train", help="split under --data (train, val, ...)")
     parser.add_argument("--json", type=Path, help="panoptic JSON (instead of --data)")
     parser.add_argument("--png-dir", type=Path, help="panoptic PNG folder (with --json)")
     parser.add_argument("--image-dir", type=Path, help="image folder (with --json)")
@@ -44,21 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split = sub.add_parser("split", help="the proxy-train / proxy-val split of a split")
     _add_split_source(split)
     split.add_argument(
-        "--proxy-val", required=True, help="fraction in (0, 1) (has a dot) or an image count"
+        "--proxy-val", required=True, help="a fraction in (0, 1) such as 0.1, or an image count"
     )
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--out", type=Path, help="write the two lists of image ids as JSON")
 
     check = sub.add_parser("check", help="open a split and decode every image and PNG")
     _add_split_source(check)
-
-
-def parse_proxy_val(text: str) -> float | int:
-    """``"0.1"`` → 0.1 (a fraction), ``"500"`` → 500 (a count)."""
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        raise ValueError(f"--proxy-val must be a fraction or a count, got {text!r}") from None
 
 
 def open_split(args: argparse.Namespace) -> PanopticSplit:
@@ -84,7 +79,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from trainer_image.data.split import proxy_split
+    from trainer_image.data.split import parse_proxy_val, proxy_split
 
     split = open_split(args)
     proxy_val = parse_proxy_val(args.proxy_val)

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from trainer_image.checkpoint import Checkpoint
-from trainer_image.data.coco_panoptic import PanopticSplit
-from trainer_image.data.loader import make_loader
+from trainer_image.data.coco_panoptic import LayoutNotFound, PanopticSplit
+from trainer_image.data.loader import make_loader, train_batching
 from trainer_image.data.split import proxy_split
 from trainer_image.models import build_model
 
@@ -56,33 +56,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def parse_proxy_val(text: str) -> float | int:
-    """``0.1`` is a fraction of the split, ``500`` a number of images."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise SetupError(f"--proxy-val must be a fraction or a count, got {text!r}") from None
-    return int(value) if value >= 1 and value.is_integer() else value
-
-
 def open_split(root: Path, split: str) -> PanopticSplit:
-    """The split under ``root``, with an error that says what is missing."""
+    """The split under ``root`` in any layout ``PanopticSplit.from_dir`` knows; a missing
+    directory or an unknown layout is a ``SetupError`` (a wrong ``--data``/``--split``)."""
     root = Path(root)
     if not root.is_dir():
         raise SetupError(f"data directory {root} does not exist")
-    json_path = root / "annotations" / f"panoptic_{split}.json"
-    if not json_path.is_file():
+    try:
+        return PanopticSplit.from_dir(root, split)
+    except LayoutNotFound as exc:
+        raise SetupError(f"--data {root} --split {split}: {exc}") from None
+
+
+def check_batching(split: PanopticSplit, options: DataOptions) -> None:
+    """Fail with the flags to change when ``split`` cannot be batched as ``options`` say
+    (real COCO and ADE20K have many image sizes), before any training work is taken on."""
+    try:
+        train_batching(split, options.batch_size, options.crop_size)
+    except ValueError as exc:
         raise SetupError(
-            f"{json_path} does not exist: --data must hold annotations/panoptic_{split}.json, "
-            f"annotations/panoptic_{split}/ and {split}/ (COCO panoptic layout)"
-        )
-    return PanopticSplit.from_dir(root, split)
+            f"--data {options.root} --split {options.split}: {exc}; change --batch-size or "
+            "--crop-size"
+        ) from None
 
 
 def load_proxy_splits(options: DataOptions, seed: int) -> tuple[PanopticSplit, PanopticSplit]:
-    """(proxy_train, proxy_val) of the training split: every worker of a run gets the same."""
+    """(proxy_train, proxy_val) of the training split: every worker of a run gets the same.
+    Checks that proxy-train can be batched (``check_batching``)."""
     split = open_split(options.root, options.split)
-    return proxy_split(split, options.proxy_val, seed)
+    try:
+        proxy_train, proxy_val = proxy_split(split, options.proxy_val, seed)
+    except ValueError as exc:
+        raise SetupError(f"--proxy-val {options.proxy_val}: {exc}") from None
+    check_batching(proxy_train, options)
+    return proxy_train, proxy_val
 
 
 class RankSlice(Sampler):
@@ -125,6 +132,7 @@ def train_loader(
 ) -> DataLoader:
     """The training loader; with ``world`` > 1 each rank gets its slice of every global batch
     (``options.batch_size`` is the global batch size)."""
+    check_batching(split, options)
     loader = make_loader(
         split,
         options.batch_size,

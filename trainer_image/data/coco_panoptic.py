@@ -2,16 +2,21 @@
 
 One split is a panoptic JSON (``images``, ``annotations`` with ``segments_info``,
 ``categories``), a folder of panoptic PNGs (segment id = R + 256·G + 256²·B)
-and a folder of images. ``PanopticSplit.from_dir`` reads the COCO 2017 /
-detectron2 layout, so real COCO and ADE20K panoptic (detectron2's converters)
-load unchanged::
+and a folder of images. ``PanopticSplit.from_dir(DIR, split)`` finds the three
+in any of the layouts real data comes in (:func:`split_layouts`), so COCO 2017
+and ADE20K panoptic load unchanged, and ``--data DIR --split train`` means the
+same thing whichever of them DIR holds::
 
-    DIR/annotations/panoptic_{split}.json
-    DIR/annotations/panoptic_{split}/*.png
-    DIR/{split}/*.jpg|png
+    ours (write_split, synth):  annotations/panoptic_{split}.json, annotations/panoptic_{split}/,
+                                {split}/
+    COCO 2017 (official zip):   annotations/panoptic_{s}.json, annotations/panoptic_{s}/, {s}/
+    COCO 2017 (detectron2):     annotations/panoptic_{s}.json, panoptic_{s}/, {s}/
+    ADE20K (detectron2's        ade20k_panoptic_{train,val}.json, ade20k_panoptic_{train,val}/,
+      prepare_ade20k_pan_seg):  images/{training,validation}/
 
-``PanopticSplit.from_files`` takes the three paths explicitly (the COCO
-panoptic API's sample data uses other names).
+where ``s`` is ``train2017`` / ``val2017`` for ``--split train`` / ``val`` (or
+``--split train2017`` itself). ``PanopticSplit.from_files`` takes
+the three paths explicitly (the COCO panoptic API's sample data uses other names).
 
 Everything cheap is validated when the split is opened (JSON structure,
 unknown category ids, files named in the JSON but absent), the rest when a
@@ -47,6 +52,11 @@ VOID_LABEL = 255
 
 class DatasetError(ValueError):
     """A dataset file is missing, corrupt or inconsistent; the message names it."""
+
+
+class LayoutNotFound(DatasetError):
+    """No known layout holds the split under the data directory; the message lists the
+    paths tried, so a wrong ``--data`` or ``--split`` is a one-line fix."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +246,62 @@ def _check_files_exist(folder: Path, names: Iterable[str], what: str, source: Pa
         raise DatasetError(f"{source} names {what} files that do not exist: {shown}{more}")
 
 
+# --------------------------------------------------------------------------- layouts
+
+SplitPaths = tuple[Path, Path, Path]
+"""(panoptic JSON, panoptic PNG folder, image folder) of one split."""
+
+_COCO_SPLITS = {"train": "train2017", "val": "val2017"}
+_ADE20K_IMAGE_DIRS = {"train": "training", "val": "validation"}
+
+
+def split_layouts(root: str | Path, split: str) -> list[tuple[str, SplitPaths]]:
+    """Every ``(layout name, paths)`` that ``split`` could have under ``root``, in the order
+    :meth:`PanopticSplit.from_dir` tries them (ours first: it is what ``write_split`` writes).
+
+    COCO's splits are ``train2017`` / ``val2017``; ``train`` / ``val`` map to them, so the
+    trainers' default ``--split train`` needs no change for real COCO. ADE20K's converter
+    names the JSON by ``train`` / ``val`` and the image folders ``training`` / ``validation``
+    (either name selects the split).
+    """
+    root, ann = Path(root), Path(root) / "annotations"
+    layouts = [
+        ("adaseg", (ann / f"panoptic_{split}.json", ann / f"panoptic_{split}", root / split))
+    ]
+    coco = _COCO_SPLITS.get(split, split)
+    if coco.endswith("2017"):
+        if coco != split:  # for split = val2017 this is the adaseg layout already
+            paths = (ann / f"panoptic_{coco}.json", ann / f"panoptic_{coco}", root / coco)
+            layouts.append(("COCO 2017", paths))
+        paths = (ann / f"panoptic_{coco}.json", root / f"panoptic_{coco}", root / coco)
+        layouts.append(("COCO 2017 (detectron2)", paths))
+    ade = {v: k for k, v in _ADE20K_IMAGE_DIRS.items()}.get(split, split)  # training -> train
+    if ade in _ADE20K_IMAGE_DIRS:
+        paths = (
+            root / f"ade20k_panoptic_{ade}.json",
+            root / f"ade20k_panoptic_{ade}",
+            root / "images" / _ADE20K_IMAGE_DIRS[ade],
+        )
+        layouts.append(("ADE20K (detectron2)", paths))
+    return layouts
+
+
+def find_split_layout(root: str | Path, split: str) -> SplitPaths:
+    """The paths of the first layout of :func:`split_layouts` that exists in full."""
+    tried = split_layouts(root, split)
+    for _, (json_path, png_dir, image_dir) in tried:
+        if json_path.is_file() and png_dir.is_dir() and image_dir.is_dir():
+            return json_path, png_dir, image_dir
+    lines = []
+    for name, paths in tried:
+        missing = [str(p) for p in paths if not p.exists()]
+        lines.append(f"  {name}: {', '.join(map(str, paths))} (missing: {', '.join(missing)})")
+    raise LayoutNotFound(
+        f"no panoptic split {split!r} under {root}; tried (JSON, PNG folder, image folder):\n"
+        + "\n".join(lines)
+    )
+
+
 # --------------------------------------------------------------------------- the split
 
 
@@ -272,13 +338,13 @@ class PanopticSplit:
 
     @classmethod
     def from_dir(cls, root: str | Path, split: str) -> PanopticSplit:
-        """The COCO 2017 / detectron2 layout under ``root`` for split ``split``."""
-        root = Path(root)
-        return cls.from_files(
-            root / "annotations" / f"panoptic_{split}.json",
-            root / "annotations" / f"panoptic_{split}",
-            root / split,
-        )
+        """Split ``split`` of the dataset under ``root``, in the first of
+        :func:`split_layouts` whose JSON, PNG folder and image folder all exist.
+
+        Raises ``LayoutNotFound`` (listing every path tried) when none fits.
+        """
+        json_path, png_dir, image_dir = find_split_layout(root, split)
+        return cls.from_files(json_path, png_dir, image_dir)
 
     @classmethod
     def from_files(

@@ -165,6 +165,40 @@ def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def train_batching(
+    split: PanopticSplit,
+    batch_size: int,
+    crop_size: int | tuple[int, int] | None,
+    drop_last: bool = True,
+) -> int | tuple[int, int] | None:
+    """The training crop for ``split`` batched by ``batch_size``: ``crop_size``, else the
+    images' common size, else ``None`` (one image per batch needs no crop).
+
+    Raises ``ValueError`` when no batch can be made: differently sized images that cannot
+    be stacked (real COCO and ADE20K always have them), or fewer images than one batch
+    with ``drop_last``. Callers check it before they commit to work (a worker before it
+    takes a lease), not only when the loader is built.
+    """
+    if not split.records:
+        raise ValueError("cannot load an empty split")
+    if crop_size is None:
+        sizes = {(r.height, r.width) for r in split.records}
+        if len(sizes) == 1:
+            crop_size = sizes.pop()
+        elif batch_size > 1:
+            (h1, w1), (h2, w2) = sorted(sizes)[:2]
+            raise ValueError(
+                f"images differ in size ({len(sizes)} sizes, e.g. {w1}x{h1} and {w2}x{h2}): "
+                f"training with batch_size {batch_size} > 1 needs a crop_size"
+            )
+    if drop_last and len(split) < batch_size:
+        raise ValueError(
+            f"batch_size {batch_size} exceeds the split's {len(split)} images with "
+            "drop_last: no batch would be produced"
+        )
+    return crop_size
+
+
 def make_loader(
     split: PanopticSplit,
     batch_size: int,
@@ -189,23 +223,11 @@ def make_loader(
     if not split.records:
         raise ValueError("cannot load an empty split")
     if train:
-        if crop_size is None:
-            sizes = {(r.height, r.width) for r in split.records}
-            if len(sizes) == 1:
-                crop_size = sizes.pop()
-            elif batch_size > 1:
-                raise ValueError(
-                    "images differ in size: training with batch_size > 1 needs a crop_size"
-                )
+        drop_last = True if drop_last is None else drop_last
+        crop_size = train_batching(split, batch_size, crop_size, drop_last)
         transform: Transform = TrainTransform(
             scale_range, crop_size, flip, seed=seed, fill=MEAN_PIXEL
         )
-        drop_last = True if drop_last is None else drop_last
-        if drop_last and len(split) < batch_size:
-            raise ValueError(
-                f"batch_size {batch_size} exceeds the split's {len(split)} images with "
-                "drop_last: no batch would be produced"
-            )
     else:
         if crop_size is not None:
             raise ValueError("evaluation does not crop: PQ is computed at full resolution")

@@ -13,6 +13,38 @@ import numpy as np
 from trainer_image.data.coco_panoptic import ImageId, PanopticSplit
 
 
+def parse_proxy_val(text: str) -> float | int:
+    """A ``--proxy-val`` flag as :func:`proxy_split` takes it: ``"0.1"`` (or ``"1e-1"``) is a
+    fraction in (0, 1), ``"500"`` a number of images.
+
+    The type carries the meaning (float fraction, int count), so the text must say which it
+    is: ``"1.0"`` or ``"500.0"`` is refused rather than guessed, since "all of it" and "one
+    image" are both plausible readings of ``1.0``. The one parser of every CLI.
+    """
+    stripped = text.strip()
+    try:
+        count = int(stripped)
+    except ValueError:
+        pass
+    else:
+        if count < 1:
+            raise ValueError(f"--proxy-val as a count must be at least 1, got {text!r}")
+        return count
+    try:
+        fraction = float(stripped)
+    except ValueError:
+        raise ValueError(
+            f"--proxy-val must be a fraction in (0, 1) such as 0.1 or a whole number of "
+            f"images such as 500, got {text!r}"
+        ) from None
+    if not 0.0 < fraction < 1.0:  # also NaN and inf
+        raise ValueError(
+            f"--proxy-val {text!r} is neither a fraction in (0, 1) nor a whole number of "
+            "images: write a count without a decimal point (e.g. 1 or 500)"
+        )
+    return fraction
+
+
 def proxy_val_count(n_images: int, proxy_val: float | int) -> int:
     """How many of ``n_images`` go to proxy-val: a fraction in (0, 1) (rounded,
     at least 1) or a count; both sides must keep at least one image."""
