@@ -231,6 +231,36 @@ def test_crowd_regions_only_the_last_per_category_counts(tmp_path: Path) -> None
     assert_parity(tmp_path, [gt], [pred])
 
 
+def test_cached_ground_truth_keeps_the_json_order_of_crowd_segments(tmp_path: Path) -> None:
+    """Two crowd segments of one category listed in non-id order (30, then 20): pq_compute
+    takes the last listed (20) as the crowd region. The worker's GroundTruthCache, which
+    relabels segments for compact maps, must keep that order: sorted by id it would make 30
+    the crowd region, ignore the prediction lying on 30 instead of counting it as a false
+    positive, and report PQ 1.0 where pq_compute reports 0.5."""
+    from trainer_image.data.coco_panoptic import Record
+    from trainer_image.evaluation import GroundTruthCache
+
+    ids = np.full((4, 8), 9, np.int32)
+    ids[0:2, 0:2] = 30  # crowd of THING, listed first
+    ids[0:2, 4:6] = 20  # crowd of THING, listed last: the one that counts
+    segments = gt_segments(ids, {30: THING, 20: THING, 9: STUFF}, crowd=(30, 20))
+    assert [s["id"] for s in segments] == [30, 20, 9]
+    pred_ids = np.where(ids == 30, 31, np.where(ids == 20, 0, 90)).astype(np.int32)
+    pred = (pred_ids, pred_segments({31: THING, 90: STUFF}))  # 20's region left void
+    expected = reference(tmp_path, [(ids, segments)], [pred])
+    assert expected["All"]["pq"] == pytest.approx(0.5)  # 31 is a false positive
+
+    gt_dir = tmp_path / "gt" / "png"  # the PNG reference() wrote, read as a split
+    record = Record(
+        1, "1.jpg", "1.png", 4, 8, tuple(Segment(**s, bbox=(0, 0, 0, 0)) for s in segments)
+    )
+    categories = [Category(c["id"], c["name"], bool(c["isthing"]), (0, 0, 0)) for c in CATEGORIES]
+    cache = GroundTruthCache(PanopticSplit(categories, [record], gt_dir, tmp_path))
+    evaluator = PQEvaluator(CATEGORIES)
+    evaluator.add(pred_ids, pred[1], *cache.get(0))
+    assert_same(evaluator.result(), expected)
+
+
 def test_ground_truth_area_comes_from_the_json(tmp_path: Path) -> None:
     gt_ids, segments = base_gt()
     segments[0]["area"] = 10  # the PNG has 6 px of segment 7

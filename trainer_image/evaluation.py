@@ -29,20 +29,30 @@ class GroundTruthCache:
         self._entries: dict[int, tuple[np.ndarray, list[dict[str, Any]]]] = {}
 
     def get(self, index: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """(index map, segments) of record ``index``; segment k of the map has id k + 1."""
+        """(index map, segments) of record ``index``; segment k of ``segments_info`` has id
+        k + 1 in the map.
+
+        The segments keep their JSON order, not id order: ``pq_compute`` takes the *last*
+        crowd segment of a category in ``segments_info`` as its crowd region, so sorting
+        would change which of two crowd segments of one category counts, and the PQ.
+        """
         if index not in self._entries:
             record = self.split.records[index]
             ids = self.split.load_panoptic(record)
-            order = sorted(record.segments, key=lambda s: s.id)
-            lookup_ids = np.array([0] + [s.id for s in order], dtype=np.int64)
-            dtype = np.uint8 if len(order) < 256 else np.int32
+            segments = record.segments
+            json_ids = np.array([s.id for s in segments], dtype=np.int64)
+            by_id = np.argsort(json_ids)
+            lookup_ids = np.concatenate([[0], json_ids[by_id]])  # sorted, for searchsorted
+            # position in lookup_ids -> compact id (0 void, k + 1 for the k-th JSON segment)
+            compact_of = np.concatenate([[0], by_id + 1])
+            dtype = np.uint8 if len(segments) < 256 else np.int32
             # ids are checked against segments_info by load_panoptic, so every one is found
-            compact = np.searchsorted(lookup_ids, ids).astype(dtype)
-            segments = [
+            compact = compact_of[np.searchsorted(lookup_ids, ids)].astype(dtype)
+            entries = [
                 {"id": k + 1, "category_id": s.category_id, "area": s.area, "iscrowd": s.iscrowd}
-                for k, s in enumerate(order)
+                for k, s in enumerate(segments)
             ]
-            self._entries[index] = (compact, segments)
+            self._entries[index] = (compact, entries)
         return self._entries[index]
 
 
