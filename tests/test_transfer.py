@@ -15,6 +15,7 @@ import pytest
 from controller_service.client import ControllerClient
 from controller_service.store import open_store
 from tests.fixtures.controller import ControllerProcess, start_controller
+from tests.fixtures.data import real_sample_layout
 from trainer_image.checkpoint import load_checkpoint
 from trainer_image.session import DataOptions
 from trainer_image.training import TrainConfig
@@ -25,6 +26,8 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 # separable losses (GroupNorm, every pixel in the semantic mean), so that
 # 2 processes x 2 images compute what 1 process x 4 images does
 SEPARABLE = '{"norm": "gn", "semantic_top_k": 1.0}'
+# float32 sums in another order: measured at most 1.4e-6 (losses) and 4e-7 (weights)
+RANKS_REL = 1e-5
 
 
 def finish_run_with_fake_trainer(
@@ -107,6 +110,12 @@ def run_process(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Compl
 def test_torchrun_two_processes_get_the_weights_of_one_process(
     controller: ControllerProcess, policy_run: str, synth_dir: Path
 ) -> None:
+    """2 processes x 2 images train, report and get weighted like 1 process x 4 images, to
+    float32 rounding (RANKS_REL). The centre and offset losses are weighted means whose
+    denominator is all-reduced (models/losses.py); with per-rank denominators (a mean of
+    means) the losses differed by up to 7e-3 and the weights by 1e-2. With BatchNorm
+    instead of GroupNorm the per-rank batch statistics alone give differences of up to
+    1e-2 (measured), which is why this model is configured with GroupNorm."""
     single = transfer_argv(controller, policy_run, synth_dir, "one")
     run_process([sys.executable, "-m", "controller_service", *single], controller.env)
     double = transfer_argv(controller, policy_run, synth_dir, "two")
@@ -120,11 +129,12 @@ def test_torchrun_two_processes_get_the_weights_of_one_process(
     assert json.loads(output) == two  # rank 0 printed the metrics, the other rank nothing
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["weights"][0] == two["weights"][0] == dict.fromkeys(LOSSES, 1.0)
-    # the pseudo epoch's semantic loss is a plain mean over the same images: all-reduced
-    # over the ranks it equals the single process's (a rank-local mean would not)
-    assert two["losses"][0]["semantic"] == pytest.approx(one["losses"][0]["semantic"], rel=1e-4)
+    # every epoch's loss vector is the global batch's (not a mean of rank means), so the
+    # weights asked with it are the single process's too
+    for epoch, (l1, l2) in enumerate(zip(one["losses"], two["losses"], strict=True)):
+        assert l2 == pytest.approx(l1, rel=RANKS_REL), f"losses of epoch {epoch + 1}"
     for epoch, (w1, w2) in enumerate(zip(one["weights"], two["weights"], strict=True)):
-        assert w2 == pytest.approx(w1, rel=2e-2), f"epoch {epoch + 1}"
+        assert w2 == pytest.approx(w1, rel=RANKS_REL), f"weights of epoch {epoch + 1}"
     # the weights really came from the policy: epoch 2 is Eq. 7 applied to l^1
     client = ControllerClient(controller.url)
     expected = client.weights(policy_run, two["losses"][0], epoch=1, epochs=3)["weights"]
@@ -232,3 +242,30 @@ def test_transfer_refuses_an_unfinished_run_and_a_missing_data_dir(
     missing = tmp_path / "nothing"
     assert main(transfer_argv(controller, running["id"], missing, "nodata")) == 2
     assert f"data directory {missing} does not exist" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["coco-detectron2", "ade20k"])
+def test_train_cli_reads_real_coco_and_ade20k_layouts(
+    coco_sample_dir: Path, tmp_path: Path, layout: str, capfd
+) -> None:
+    """``adaseg train --data DIR`` (default --split train, --val-split val) on detectron2's
+    COCO and ADE20K trees of the real sample: trains, evaluates PQ on val, no flag changed.
+    Mixed image sizes with --batch-size 2 and no --crop-size are a usage error (exit 2)."""
+    from controller_service.cli import main
+
+    root = real_sample_layout(coco_sample_dir, tmp_path / "data", layout)
+    common = ["--data", str(root), "--store", (tmp_path / "store").as_uri(), "--epochs", "1"]
+    common += ["--iterations-per-epoch", "1", "--device", "cpu", "--log-every", "0"]
+    assert (
+        main(["train", "--strategy", "equal", "--out-id", "real", *common, "--batch-size", "1"])
+        == 0
+    )
+    metrics = json.loads(capfd.readouterr().out)
+    assert 0.0 <= metrics["pq"] <= 100.0 and metrics["data"] == str(root)
+
+    assert (
+        main(["train", "--strategy", "equal", "--out-id", "b2", *common, "--batch-size", "2"]) == 2
+    )
+    err = capfd.readouterr().err
+    assert "images differ in size" in err and "change --batch-size or --crop-size" in err
+    assert not open_store((tmp_path / "store").as_uri()).exists("transfers/b2/last.pt")

@@ -3,6 +3,17 @@
 Their scales differ by orders of magnitude (the published weights are 1, 200
 and 0.01), which is exactly what makes them a test bed for loss weighting:
 nothing here rescales them.
+
+Data parallel (torchrun): the centre and offset losses are weighted means,
+Σ w·l / Σ w, and a mean of per-rank means is not the mean of the global
+batch (ranks hold different amounts of weight). So their denominator is the
+rank-average of Σ w (one all-reduce of a scalar): each rank's loss is then its
+share of the global mean, the mean over ranks (what DDP's gradient average
+and the reported loss vector take) is exactly the global batch's loss, and a
+1-process run with batch B trains like W processes with B/W each. The
+semantic loss is a plain mean over equally many pixels per rank when
+``top_k`` is 1; with ``top_k`` < 1 the hardest pixels are chosen per rank, as
+in detectron2's ``DeepLabCE``.
 """
 
 from __future__ import annotations
@@ -39,10 +50,27 @@ def hard_pixel_cross_entropy(
     return torch.topk(pixel_losses, count, sorted=False).values.mean()
 
 
+def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the ranks of the process group (itself on one process).
+
+    Detached: it only normalises, and the weights it sums are targets, not outputs. A
+    collective, so every rank must compute the loss, as every rank of a DDP step does.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return value
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total / world
+
+
 def _weighted_mean(pixel_losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Σ w·l / Σ w, and 0 when every weight is 0 (no host sync for the check)."""
+    """Σ w·l / Σ w with Σ w the ranks' mean (module docstring), and 0 when every weight is
+    0 (no host sync for the check)."""
     total = (pixel_losses * weights).sum()
-    return total / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+    return total / _mean_over_ranks(weights.sum()).clamp_min(torch.finfo(weights.dtype).tiny)
 
 
 def weighted_mse(
