@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from trainer_image.training import (
     clip_gradients,
     cosine_factor,
     forever,
+    resolve_compile,
     set_learning_rates,
 )
 from trainer_image.weighting import FixedWeights, UncertaintyWeighting
@@ -221,3 +223,91 @@ def test_forever_cycles_and_refuses_an_empty_loader() -> None:
     assert [next(stream) for _ in range(5)] == [1, 2, 1, 2, 1]
     with pytest.raises(ValueError, match="no batches"):
         next(forever([]))
+
+
+# --------------------------------------------------------------------------- CLI settings
+
+TRAINER_COMMANDS = ["worker", "transfer", "train"]
+
+
+def parse_trainer_flags(command: str, *flags: str) -> argparse.Namespace:
+    """The flags of ``adaseg COMMAND`` as its own parser reads them (required ones filled)."""
+    import importlib
+
+    from controller_service.cli import COMMANDS
+
+    module = importlib.import_module(COMMANDS[command][0])
+    parser = argparse.ArgumentParser(prog=f"adaseg {command}")
+    module.add_arguments(parser)
+    required = {
+        "worker": ["--controller", "http://c", "--run", "r"],
+        "transfer": ["--controller", "http://c", "--policy-run", "r", "--epochs", "1"],
+        "train": ["--strategy", "equal", "--epochs", "1"],
+    }[command]
+    return parser.parse_args([*required, "--data", "/d", "--store", "file:///s", *flags])
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [
+        (None, "cuda", True),  # auto: compile where a GPU is
+        (None, "cuda:1", True),
+        (None, "cpu", False),
+        (True, "cpu", True),  # --compile forces it
+        (False, "cuda", False),  # --no-compile turns it off
+        (True, "cuda", True),
+    ],
+)
+def test_resolve_compile(setting: bool | None, device: str, expected: bool) -> None:
+    assert resolve_compile(setting, torch.device(device)) is expected
+
+
+def test_the_trainer_compiles_as_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    Trainer(TwoHeadNet(), TrainConfig(), total_iterations=1)  # auto on CPU: no
+    assert compiled == []
+    trainer = Trainer(TwoHeadNet(), TrainConfig(compile=True), total_iterations=1)
+    assert compiled == [trainer.model]
+
+
+@pytest.mark.parametrize("command", TRAINER_COMMANDS)
+def test_every_trainer_cli_sets_compile_momentum_and_weight_decay(command: str) -> None:
+    from trainer_image.worker_cli import train_config
+
+    default = train_config(parse_trainer_flags(command))
+    assert (default.compile, default.momentum, default.weight_decay) == (None, 0.9, 1e-4)
+    assert (default.lr, default.momentum, default.weight_decay) == (
+        TrainConfig().lr,
+        TrainConfig().momentum,
+        TrainConfig().weight_decay,
+    )
+    assert train_config(parse_trainer_flags(command, "--compile")).compile is True
+    assert train_config(parse_trainer_flags(command, "--no-compile")).compile is False
+    config = train_config(parse_trainer_flags(command, "--momentum", "0", "--weight-decay", "5e-4"))
+    assert (config.momentum, config.weight_decay) == (0.0, 5e-4)
+
+
+@pytest.mark.parametrize("command", TRAINER_COMMANDS)
+@pytest.mark.parametrize("flag", ["--momentum", "--weight-decay"])
+@pytest.mark.parametrize("value", ["-0.1", "nan", "inf", "x"])
+def test_momentum_and_weight_decay_must_be_finite_and_non_negative(
+    command: str, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_trainer_flags(command, flag, value)
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_train_config_validates_momentum_and_weight_decay() -> None:
+    for name in ("momentum", "weight_decay"):
+        for bad in (-1e-3, math.nan, math.inf):
+            with pytest.raises(ValueError, match=f"{name} must be finite and >= 0"):
+                TrainConfig(**{name: bad})
+
+
+def test_momentum_and_weight_decay_reach_the_optimizer() -> None:
+    trainer = Trainer(TwoHeadNet(), TrainConfig(momentum=0.5, weight_decay=0.0), 1)
+    groups = trainer.optimizer.param_groups
+    assert [(g["momentum"], g["weight_decay"]) for g in groups] == [(0.5, 0.0)] * len(groups)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from controller_service.client import ControllerClient
+from controller_service.runs import schedule_position
 from controller_service.store import open_store
 from tests.fixtures.controller import ControllerProcess, start_controller
 from trainer_image.checkpoint import load_checkpoint
@@ -101,10 +102,12 @@ def check_complete_run(run: dict, store_uri: str, rounds: int, population: int, 
                 candidate["member"],
             )
             assert checkpoint.weights == pytest.approx(candidate["weights"])
-            # global iterations [t*q, (t+1)*q) of a schedule spanning (T+1)*q
+            # round t trains epoch max(t - 1, 0) of a T-epoch schedule (the pseudo epoch
+            # at round 1's position): global iterations [e*q, (e+1)*q) of T*q
+            epoch, epochs = schedule_position(record["round"], rounds)
             state = checkpoint.trainer_state
-            assert state["iteration"] == (record["round"] + 1) * per_epoch
-            assert state["total_iterations"] == (rounds + 1) * per_epoch
+            assert state["iteration"] == (epoch + 1) * per_epoch
+            assert state["total_iterations"] == epochs * per_epoch == rounds * per_epoch
             assert candidate["metrics"]["iterations"] == per_epoch
 
 
@@ -172,6 +175,43 @@ def test_killed_workers_leave_the_run_to_finish_through_lease_expiry(
     assert (round1[0]["worker"], round1[0]["attempts"]) == ("C", 2)
 
 
+def prometheus_value(text: str, name: str) -> float:
+    """The value of an unlabelled series in Prometheus text."""
+    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(line.split()[1])
+
+
+def test_heartbeats_keep_a_lease_shorter_than_the_interval(
+    controller_factory, synth_dir: Path, tmp_path: Path
+) -> None:
+    """Leases of 0.5 s, longer intervals: the heartbeat thread extends each lease, so no
+    member is issued twice. Two workers, because the controller re-issues an expired lease
+    only when asked: while A trains round 0, B keeps asking (retry_after is the time left on
+    A's lease) and would be given A's member the moment its lease lapsed."""
+    import httpx
+
+    controller = controller_factory()  # its own: /metrics counts every run of the process
+    client = ControllerClient(controller.url)
+    lease, iterations = 0.5, 60  # 15-50 it/s here: intervals of 1.2 s and more
+    run = client.create_run(LOSSES, population=2, rounds=1, seed=2, lease_seconds=lease)
+    logs = {name: tmp_path / f"worker-{name}.log" for name in "AB"}
+    workers = {
+        name: start_worker(controller, run["id"], synth_dir, log, name, iterations)
+        for name, log in logs.items()
+    }
+    for name, proc in workers.items():
+        assert finish(proc, logs[name]) == 0, logs[name].read_text()
+    final = client.get_run(run["id"])
+    check_complete_run(final, controller.store_uri, rounds=1, population=2, per_epoch=iterations)
+    members = [c for record in final["history"] for c in record["candidates"] if c["valid"]]
+    assert [c["attempts"] for c in members] == [1, 1, 1]
+    # every interval outlived its lease: only heartbeats kept it
+    assert min(c["metrics"]["train_seconds"] for c in members) > lease
+    metrics = httpx.get(f"{controller.url}/metrics").text
+    assert prometheus_value(metrics, "adaseg_leases_expired_total") == 0.0
+    assert prometheus_value(metrics, "adaseg_leases_issued_total") == 3.0
+
+
 def run_cli(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
     from controller_service.cli import main
 
@@ -197,6 +237,33 @@ def test_worker_errors_name_what_is_wrong(
         capfd,
     )
     assert code == 1 and "run nope not found" in text
+
+    code, text = run_cli(
+        ["worker", "--controller", controller.url, "--run", "x", "--data", str(synth_dir)]
+        + [*common, "--proxy-val", "1.0"],
+        capfd,
+    )
+    assert code == 2 and "--proxy-val '1.0' is neither a fraction in (0, 1)" in text
+
+
+def test_real_data_that_cannot_be_batched_fails_before_a_lease(
+    controller: ControllerProcess, coco_sample_dir: Path, tmp_path: Path, capfd
+) -> None:
+    """Real COCO (mixed image sizes) with --batch-size 2 and no --crop-size: exit 2 with the
+    flags to change, no traceback, and the member still pending, not leased and left to
+    expire. The detectron2 COCO layout is read with the default --split train."""
+    from tests.fixtures.data import real_sample_layout
+
+    root = real_sample_layout(coco_sample_dir, tmp_path / "coco", "coco-detectron2", repeat=2)
+    run = ControllerClient(controller.url).create_run(LOSSES, population=2, rounds=1)
+    argv = ["worker", "--controller", controller.url, "--run", run["id"], "--data", str(root)]
+    argv += ["--store", controller.store_uri, "--device", "cpu", "--proxy-val", "1"]
+    code, text = run_cli([*argv, "--batch-size", "2"], capfd)
+    assert code == 2, text
+    assert "images differ in size" in text and "change --batch-size or --crop-size" in text
+    assert "Traceback" not in text
+    current = ControllerClient(controller.url).get_run(run["id"])["current"]
+    assert current["members"] == {"pending": 1, "leased": 0, "done": 0}
 
 
 def test_unreachable_controller_is_an_error_after_retries(synth_dir: Path, tmp_path, capfd):

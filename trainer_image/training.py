@@ -4,9 +4,20 @@ Total loss = Σ λ_i l_i over the model's named losses (through a weighting
 strategy, see ``weighting.py``). With fixed weights, the parameters of loss
 i's head train at lr/λ_i (the paper's Implementation Details): the head's
 gradient is λ_i ∇l_i, so its step is lr ∇l_i whatever λ_i is, and the weights
-act on the shared backbone only. SGD with momentum and a cosine schedule over
-the *whole run*: an interval knows its global iteration range, so a run split
-into intervals (rounds, epochs, re-issued leases) follows one schedule.
+act on the shared backbone only.
+
+Learnable strategies (uncertainty weighting, GradNorm) train every head at plain
+lr, on purpose. They are baselines, and their papers train all parameters at one
+learning rate: scaling their heads would compare Ada-Segment with a method nobody
+published. And their weights move every step, so lr/λ_i(t) would tie each head's
+step size to the strategy's own drifting state (a shrinking exp(−s_i) would speed
+its head up as it learns to ignore it), while the rule's premise, a weight constant
+over the interval, holds for fixed weights only. ``--no-head-lr-scaling`` gives
+fixed weights the same plain-lr treatment, for the ablation.
+
+SGD with momentum and a cosine schedule over the *whole run*: an interval knows
+its global iteration range, so a run split into intervals (rounds, epochs,
+re-issued leases) follows one schedule.
 
 A non-finite loss never raises: the interval stops and says ``diverged``, so
 the worker can report the member as diverged instead of crashing the pod.
@@ -45,15 +56,20 @@ class TrainConfig:
     head_lr_scaling: bool = True
     # The cosine ends at lr × min_lr_factor.
     min_lr_factor: float = 0.0
-    # Mixed precision and torch.compile apply on CUDA only; on CPU they cost more than they give.
+    # Mixed precision applies on CUDA only; on CPU it costs more than it gives.
     amp: bool = True
     amp_dtype: str = "bfloat16"
-    compile: bool = False
+    # torch.compile: None compiles on CUDA only (see resolve_compile); True/False force it.
+    compile: bool | None = None
     log_every: int = 20
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.amp_dtype not in {"bfloat16", "float16"}:
@@ -82,6 +98,13 @@ class IntervalResult:
     @property
     def iterations_per_second(self) -> float:
         return self.iterations / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_compile(setting: bool | None, device: torch.device) -> bool:
+    """Whether to torch.compile: ``None`` (the CLIs' default) on CUDA only, where the fused
+    kernels repay the compile time within an interval; on CPU the compile takes longer than
+    a CI-sized run. ``True``/``False`` (``--compile``/``--no-compile``) are obeyed as given."""
+    return device.type == "cuda" if setting is None else bool(setting)
 
 
 def cosine_factor(iteration: int, total_iterations: int, min_factor: float = 0.0) -> float:
@@ -284,7 +307,7 @@ class Trainer:
         if distributed:
             ids = [self.device.index] if cuda and self.device.index is not None else None
             forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cuda and config.compile:
+        if resolve_compile(config.compile, self.device):
             forward = torch.compile(forward)
         self._forward = forward
 
@@ -334,7 +357,7 @@ class Trainer:
         """
         if iterations <= 0:
             raise ValueError(f"iterations must be > 0, got {iterations}")
-        fixed = isinstance(strategy, FixedWeights)
+        fixed = isinstance(strategy, FixedWeights)  # learnable ones: plain lr (module doc)
         apply_weights(self.optimizer, strategy.weights if fixed else None, self.config)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}

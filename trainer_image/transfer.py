@@ -479,6 +479,8 @@ def _run(
         "model": model.model_name,
         "model_config": {k: v for k, v in model.config.items() if k != "categories"},
         "lr": options.train.lr,
+        "momentum": options.train.momentum,
+        "weight_decay": options.train.weight_decay,
         "head_lr_scaling": options.train.head_lr_scaling,
         "data": str(data.root),
         "val_split": options.val_split,

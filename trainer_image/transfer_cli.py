@@ -107,7 +107,9 @@ def run_cli_job(
             result = run_job(options, store, make_source, should_stop=stop)
         except ControllerError as exc:
             return fail(command, f"controller: {exc}", EXIT_ERROR)
-        except (SetupError, DatasetError, CheckpointError, StoreError, ValueError) as exc:
+        except SetupError as exc:  # flags that do not fit the data, model or device
+            return fail(command, exc, EXIT_USAGE)
+        except (DatasetError, CheckpointError, StoreError, ValueError) as exc:
             return fail(command, exc, EXIT_ERROR)
         except RankFailed as exc:
             return fail(command, exc, EXIT_ERROR)

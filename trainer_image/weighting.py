@@ -8,7 +8,8 @@ source of the vector differs, the training step is the same.
 
 Strategies with learnable state (:class:`UncertaintyWeighting`,
 :class:`GradNorm`) are ``nn.Module`` s, so their state travels in checkpoints
-through ``state_dict``.
+through ``state_dict``. Their heads train at plain lr, not the paper's lr/λ_i
+(why: ``training.py``'s module docstring).
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ weights 1, from the common initial model ``init.pt``, which this worker
 creates (seeded by the run's seed) if it does not exist yet, or loads if it
 does (a re-issued round 0). Round t >= 1 loads its ``init_checkpoint_uri``
 (``init.pt`` for t = 1, with a fresh optimizer; the best member of round t-1
-with its optimizer and schedule for t > 1: the broadcast) and trains global
-iterations [t·q, (t+1)·q) of one cosine schedule spanning ``epochs · q``.
+with its optimizer and schedule for t > 1: the broadcast). Every assignment
+trains global iterations [e·q, (e+1)·q) of one cosine schedule spanning
+``epochs · q``, with ``(epoch e, epochs)`` as the controller places the round
+(rounds 1..T are epochs 0..T-1; round 0 runs at round 1's position).
 
 All members of a round see the same batches in the same order (the data seed
 depends on the run and the round only), so their PQs differ by their loss
@@ -197,6 +199,9 @@ class Worker:
             run.get("population"),
             self.device,
         )
+        if run.get("status") != "finished":
+            # data and flags that cannot work fail here, before a lease is taken and left to expire
+            self._data()
         done = 0
         while not self.stop.terminated.is_set():
             if self.options.max_assignments is not None and done >= self.options.max_assignments:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (momentum, weight decay): argparse rejects the rest at parse time."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text!r}")
+    return value
+
+
 def json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -32,7 +44,12 @@ def json_object(text: str) -> dict[str, Any]:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every trainer command shares: data, batching, device, model, optimisation."""
-    parser.add_argument("--data", type=Path, required=True, help="dataset dir (COCO panoptic)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset root: COCO 2017, detectron2's COCO or ADE20K, or adaseg's layout",
+    )
     parser.add_argument("--store", required=True, help="file:///abs/dir or s3://bucket/prefix")
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto")
     parser.add_argument("--batch-size", type=positive_int, default=4)
@@ -61,6 +78,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help='JSON object, e.g. \'{"preset": "gpu"}\'',
     )
     parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    parser.add_argument(
+        "--weight-decay", type=non_negative_float, default=1e-4, help="SGD weight decay (L2)"
+    )
     parser.add_argument("--grad-clip", type=float, default=10.0, help="0 turns clipping off")
     parser.add_argument(
         "--no-head-lr-scaling",
@@ -68,9 +89,20 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="train every head at lr instead of lr/lambda_i (the paper's rule)",
     )
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    parser.add_argument("--compile", action="store_true", help="torch.compile on CUDA")
+    add_compile_argument(parser)
     parser.add_argument("--log-every", type=int, default=20, help="log every N iterations")
     parser.add_argument("--log-level", default="info")
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compile`` / ``--no-compile``, default unset: ``TrainConfig.compile = None`` means
+    compile where it pays (CUDA), see ``training.resolve_compile``."""
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model (default: on CUDA, off on CPU)",
+    )
 
 
 def train_config(args: argparse.Namespace) -> Any:
@@ -78,6 +110,8 @@ def train_config(args: argparse.Namespace) -> Any:
 
     return TrainConfig(
         lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
         grad_clip=args.grad_clip or None,
         head_lr_scaling=not args.no_head_lr_scaling,
         amp=not args.no_amp,
@@ -124,7 +158,8 @@ def main(args: argparse.Namespace) -> int:
     from controller_service.store import StoreError, open_store
     from trainer_image.checkpoint import CheckpointError
     from trainer_image.data.coco_panoptic import DatasetError
-    from trainer_image.session import DataOptions, SetupError, parse_proxy_val, resolve_device
+    from trainer_image.data.split import parse_proxy_val
+    from trainer_image.session import DataOptions, SetupError, resolve_device
     from trainer_image.worker import StopFlag, Worker, WorkerOptions, default_worker_id
 
     try:
@@ -161,5 +196,7 @@ def main(args: argparse.Namespace) -> int:
             return fail("worker", f"run {args.run} not found on {args.controller} ({exc})", 1)
         except ControllerError as exc:
             return fail("worker", f"controller {args.controller}: {exc}", EXIT_ERROR)
-        except (SetupError, DatasetError, CheckpointError, StoreError) as exc:
+        except SetupError as exc:  # flags that do not fit the data, model or device
+            return fail("worker", exc, EXIT_USAGE)
+        except (DatasetError, CheckpointError, StoreError) as exc:
             return fail("worker", exc, EXIT_ERROR)
