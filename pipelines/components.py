@@ -20,6 +20,7 @@ from kfp import dsl, kubernetes
 
 # The image every task runs in; `adaseg pipeline compile --image` replaces it.
 TRAINER_IMAGE = "adaseg-trainer:0.1.0"
+IMAGE_UID = 10001  # the non-root user both Dockerfiles create (USER 10001:10001)
 DEFAULT_LOSS_NAMES = ["semantic", "center", "offset"]
 
 # Cluster defaults of the pipeline parameters, matching k8s/base.
@@ -259,10 +260,19 @@ def transfer(
     return (summary.checkpoint_uri, summary.transfer_id, summary.metrics["pq"])
 
 
+def run_as_image_user(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Run as the images' non-root user; kfp-kubernetes also drops every capability and
+    the KFP compiler sets no privilege escalation and the RuntimeDefault seccomp profile."""
+    return kubernetes.set_security_context(
+        task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True
+    )
+
+
 def light_task(task: dsl.PipelineTask, *, image: str, token_secret) -> dsl.PipelineTask:
     """A short CPU task that may talk to the controller (with its token, if any)."""
     task.set_container_image(image)
     task.set_caching_options(False)
+    run_as_image_user(task)
     task.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("1Gi")
     kubernetes.use_secret_as_env(task, token_secret, TOKEN_SECRET_KEYS, optional=True)
     return task
@@ -283,6 +293,7 @@ def trainer_task(
     S3 keys and the controller token from Secrets, GPU node placement."""
     task.set_container_image(image)
     task.set_caching_options(False)
+    run_as_image_user(task)
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_cpu_request(TRAINER_CPU_REQUEST).set_cpu_limit(TRAINER_CPU_LIMIT)
     task.set_memory_request(TRAINER_MEMORY_REQUEST).set_memory_limit(TRAINER_MEMORY_LIMIT)

@@ -154,6 +154,21 @@ def _service(path: str) -> dict[str, Any]:
     return {"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}
 
 
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_task_runs_as_the_images_non_root_user(name: str) -> None:
+    spec, executors = load(name)
+    images = spec["deploymentSpec"]["executors"]
+    assert set(executors) == set(images), "every container task has Kubernetes settings"
+    for executor, config in executors.items():
+        assert config["securityContext"] == {
+            "runAsUser": "10001",
+            "runAsGroup": "10001",
+            "runAsNonRoot": True,
+        }, executor
+    for dockerfile in ("controller_service/Dockerfile", "trainer_image/Dockerfile"):
+        assert "USER 10001:10001" in (ROOT / dockerfile).read_text()
+
+
 def test_search_trainer_tasks_retry_and_nothing_is_cached() -> None:
     spec, _ = load("search")
     tasks = all_tasks(spec)
