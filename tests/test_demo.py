@@ -47,7 +47,14 @@ def _processes_mentioning(text: str) -> list[str]:
 
 def _interrupt_mid_exploration(out: Path) -> str:
     """Start the demo, press Ctrl-C once the exploration has trained a member, return stdout."""
-    proc = subprocess.Popen(_demo_argv(out), stdout=subprocess.PIPE, text=True)
+    # A shell that runs the suite in the background starts it with SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt: give the demo a terminal's default.
+    proc = subprocess.Popen(
+        _demo_argv(out),
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines = []
     deadline = time.monotonic() + 600
     for line in proc.stdout:
