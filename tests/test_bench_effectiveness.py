@@ -22,6 +22,7 @@ from bench.effectiveness.plan import (
     GRID_POINT,
     SCALES,
     TRANSFER,
+    UNTRAINED,
     Cell,
     cell_spec,
     grid_weights,
@@ -81,6 +82,14 @@ def test_plan_keys_dependencies_and_order() -> None:
     assert by_key["smoke-grid-s0"].deps == tuple(keys[2:6])
     assert by_key["smoke-grid-center20-offset0.1-s0"].kind == GRID_POINT
     assert by_key["smoke-grid-center20-offset0.1-s0"].row is None
+
+
+def test_the_untrained_policy_row_waits_for_its_exploration() -> None:
+    cells = plan(SMOKE, ["untrained"], [0])
+    assert [c.key for c in cells] == ["smoke-ada-a-s0", "smoke-untrained-s0"]
+    untrained = cells[1]
+    assert (untrained.kind, untrained.deps, untrained.slots) == (UNTRAINED, ("smoke-ada-a-s0",), 1)
+    assert untrained.planned_epochs == SMOKE.epochs
 
 
 def test_plan_rejects_unknown_rows_and_no_seeds() -> None:

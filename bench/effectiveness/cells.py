@@ -28,6 +28,7 @@ from bench.effectiveness.plan import (
     PBT,
     TRAIN,
     TRANSFER,
+    UNTRAINED,
     Cell,
     Scale,
     cell_spec,
@@ -359,6 +360,21 @@ def run_transfer(ctx: Context, cell: Cell) -> dict[str, Any]:
     return result
 
 
+def run_untrained(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """The exploration's round-1 mean λ, π⁰(l¹)/l¹ (the policy before any Eq. 6 update, on
+    the pseudo epoch's losses), held fixed for a whole training: the controller minus its
+    learning. Its search is the pseudo epoch alone."""
+    (explore_key,) = cell.deps
+    explore = _dependency(ctx, explore_key)
+    weights = next(r for r in explore["rounds"] if r["round"] == 1)["mean_weights"]
+    flag = _weights_flag(weights, model_loss_names(ctx.data_dir))
+    ctx.children.run(_train_args(ctx, cell, "--strategy", "fixed", "--weights", flag))
+    metrics = _job_metrics(ctx, ctx.job_id(cell))
+    result = _training_result(ctx, cell, metrics, weights=weights, policy_run=explore["run_id"])
+    result["search_epochs"] = 1
+    return result
+
+
 # -- the PBT-like baseline -----------------------------------------------------------------------
 
 
@@ -417,6 +433,7 @@ RUNNERS = {
     EXPLORE: run_explore,
     TRANSFER: run_transfer,
     PBT: run_pbt_cell,
+    UNTRAINED: run_untrained,
 }
 
 

@@ -116,13 +116,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_VARIANTS = ("default", "local", "relative")
 
-TRAIN, GRID_POINT, GRID, PBT, EXPLORE, TRANSFER = (
+TRAIN, GRID_POINT, GRID, PBT, EXPLORE, TRANSFER, UNTRAINED = (
     "train",
     "grid-point",
     "grid",
     "pbt",
     "explore",
     "transfer",
+    "untrained",  # static λ of the policy before any update, from the exploration's l¹
 )
 
 
@@ -221,6 +222,17 @@ def all_rows() -> list[Row]:
             mode="ensemble",
         ),
     ]
+    # Not in the paper: the controller's starting point held fixed. pi^0(l)/l makes every
+    # weighted loss about mean(l), a scale normalisation in itself; this row tells what the
+    # REINFORCE updates add to it.
+    rows.append(
+        Row(
+            "untrained",
+            "Static λ of the untrained policy, π⁰(l¹)/l¹ (no learning)",
+            UNTRAINED,
+            "Ablations",
+        )
+    )
     for variant in VARIANTS:
         if variant != "default":
             rows.extend(_variant_rows(variant))
@@ -284,10 +296,10 @@ def plan(scale: Scale, row_names: Iterable[str], seeds: Sequence[int]) -> list[C
         raise ValueError(f"unknown rows {unknown}; known: {list(ROWS)}")
     if not seeds:
         raise ValueError("at least one seed is needed")
-    # a transfer row needs its exploration
+    # a transfer row (and the untrained-policy row) needs its exploration
     for name in list(wanted):
         row = ROWS[name]
-        if row.kind == TRANSFER and explore_row_name(row.variant) not in wanted:
+        if row.kind in (TRANSFER, UNTRAINED) and explore_row_name(row.variant) not in wanted:
             wanted.append(explore_row_name(row.variant))
     ordered = [row for row in ROWS.values() if row.name in wanted]
     cells: list[Cell] = []
@@ -325,6 +337,9 @@ def _row_cells(scale: Scale, row: Row, seed: int) -> list[Cell]:
     if row.kind == EXPLORE:
         params = {"variant": row.variant, "run_options": dict(VARIANTS[row.variant])}
         return [Cell(key, EXPLORE, seed, row.name, params, (), scale.workers, scale.search_epochs)]
+    if row.kind == UNTRAINED:
+        explore = cell_key(scale, explore_row_name(row.variant), seed)
+        return [Cell(key, UNTRAINED, seed, row.name, {}, (explore,), 1, scale.epochs)]
     if row.kind == TRANSFER:
         explore = cell_key(scale, explore_row_name(row.variant), seed)
         params = {
