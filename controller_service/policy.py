@@ -40,7 +40,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Hyper-parameters of one run's controller (defaults: the paper's)."""
+    """Hyper-parameters of one run's controller (defaults: the paper's; a run's own come
+    from ``runs.RunSpec``, whose defaults differ in sigma, sigma_mode and lr)."""
 
     n_losses: int
     hidden: int = 16

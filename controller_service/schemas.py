@@ -25,6 +25,7 @@ from controller_service.runs import (
     MIN_ROUNDS,
     PQ_MAX,
     PQ_MIN,
+    RunSpec,
 )
 
 LossVector = dict[str, float]
@@ -47,25 +48,42 @@ class Response(BaseModel):
 
 
 class CreateRunRequest(Request):
+    """A run's settings. The defaults are ``runs.RunSpec``'s: the paper's, except four
+    controller settings (``runs.PAPER_SETTINGS`` has the paper's values; the README says
+    why they differ)."""
+
     loss_names: list[str] = Field(description="distinct, non-blank names of the model's losses")
     population: int = Field(
-        8, description="members m per round", **_doc(minimum=MIN_POPULATION, maximum=MAX_POPULATION)
+        RunSpec.population,
+        description="members m per round",
+        **_doc(minimum=MIN_POPULATION, maximum=MAX_POPULATION),
     )
     rounds: int = Field(
-        12,
+        RunSpec.rounds,
         description="exploration rounds T after the pseudo epoch",
         **_doc(minimum=MIN_ROUNDS, maximum=MAX_ROUNDS),
     )
-    sigma: float = Field(0.2, description="std of Eq. 2", **_doc(exclusiveMinimum=0))
+    sigma: float = Field(
+        RunSpec.sigma, description="std of Eq. 2 (the paper: 0.2)", **_doc(exclusiveMinimum=0)
+    )
     sigma_mode: str = Field(
-        "absolute", description="'absolute' (std sigma, the paper) or 'relative' (std sigma*lambda)"
+        RunSpec.sigma_mode,
+        description="'relative' (std sigma*lambda) or 'absolute' (std sigma, the paper)",
     )
     policy_lr: float = Field(
-        5e-2, description="Adam learning rate of the policy", **_doc(exclusiveMinimum=0)
+        RunSpec.policy_lr,
+        description="Adam learning rate of the policy (the paper: 5e-2)",
+        **_doc(exclusiveMinimum=0),
     )
-    policy_weight_decay: float = Field(5e-4, description="Adam L2 weight decay", **_doc(minimum=0))
-    policy_steps: int = Field(1, description="Eq. 6 Adam steps per round", **_doc(minimum=1))
-    hidden: int = Field(16, description="hidden width of the policy MLP", **_doc(minimum=1))
+    policy_weight_decay: float = Field(
+        RunSpec.policy_weight_decay, description="Adam L2 weight decay", **_doc(minimum=0)
+    )
+    policy_steps: int = Field(
+        RunSpec.policy_steps, description="Eq. 6 Adam steps per round", **_doc(minimum=1)
+    )
+    hidden: int = Field(
+        RunSpec.hidden, description="hidden width of the policy MLP", **_doc(minimum=1)
+    )
     seed: int | None = Field(
         None, description="policy seed; random (and recorded) when omitted", **_doc(minimum=0)
     )
@@ -75,7 +93,8 @@ class CreateRunRequest(Request):
         **_doc(exclusiveMinimum=0, maximum=MAX_LEASE_SECONDS),
     )
     reward_terms: str = Field(
-        "local+imp", description="Eq. 5 terms: 'local+imp' (the paper) or 'local' (ablation)"
+        RunSpec.reward_terms,
+        description="Eq. 5 terms: 'local' (r_local only) or 'local+imp' (the paper)",
     )
     name: str | None = Field(None, description="free label, e.g. to find the run again")
 

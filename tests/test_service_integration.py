@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from controller_service import runs
 from controller_service.client import ControllerClient
 from controller_service.layout import init_checkpoint_key, policy_snapshot_key
 from controller_service.policy import Policy
@@ -72,7 +73,7 @@ def replay_policy(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
         trained = record["candidates"][: run["population"]]
         assert [[c["weights"][n] for n in NAMES] for c in trained] == draw.candidates
         pqs = [None if c["diverged"] else c["pq"] for c in trained]
-        expected = rewards(pqs, best_pq, record["round"], run["rounds"])
+        expected = rewards(pqs, best_pq, record["round"], run["rounds"], spec.reward_terms)
         assert [c["reward"] for c in trained] == expected
         policy.update(inputs, draw.candidates + draw.invalid, expected + [-1.0] * len(draw.invalid))
         snapshots[record["round"]] = policy.snapshot()
@@ -119,9 +120,9 @@ def check_finished_run(client: ControllerClient, store: ObjectStore, run_id: str
     assert final["weights"] == run["best"]["weights"]
 
 
-def drive_whole_run(url: str, store_uri: str) -> None:
+def drive_whole_run(url: str, store_uri: str, **options: Any) -> dict[str, Any]:
     client, store = ControllerClient(url), open_store(store_uri)
-    run = client.create_run(NAMES, population=4, rounds=3, seed=2024, lease_seconds=30)
+    run = client.create_run(NAMES, population=4, rounds=3, seed=2024, lease_seconds=30, **options)
     errors: list[Exception] = []
     workers = [
         threading.Thread(target=worker_loop, args=(url, store_uri, run["id"], f"w{i}", errors))
@@ -133,10 +134,14 @@ def drive_whole_run(url: str, store_uri: str) -> None:
         thread.join(timeout=120)
     assert not errors, errors
     check_finished_run(client, store, run["id"])
+    return client.get_run(run["id"])
 
 
-def test_whole_run_over_http_on_a_file_store(shared_controller):
-    drive_whole_run(shared_controller.url, shared_controller.store_uri)
+def test_whole_run_over_http_on_a_file_store_with_the_papers_settings(shared_controller):
+    run = drive_whole_run(shared_controller.url, shared_controller.store_uri, **runs.PAPER_SETTINGS)
+    assert {key: run["config"][key] for key in runs.PAPER_SETTINGS} == dict(runs.PAPER_SETTINGS)
+    # sigma 0.2 on a mean weight near 0 draws invalid candidates: they are in the replay
+    assert sum(record["invalid_draws"] for record in run["history"]) > 0
 
 
 def test_whole_run_over_http_on_s3(controller_factory, s3_store_uri, s3_env):

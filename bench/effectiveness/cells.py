@@ -230,6 +230,8 @@ def _find_or_create_run(ctx: Context, cell: Cell, client: Any) -> dict[str, Any]
     for run in client.list_runs():
         if run.get("name") == name:
             return run
+    from controller_service.runs import PAPER_SETTINGS
+
     s = ctx.scale
     return client.create_run(
         model_loss_names(ctx.data_dir),
@@ -237,7 +239,7 @@ def _find_or_create_run(ctx: Context, cell: Cell, client: Any) -> dict[str, Any]
         rounds=s.rounds,
         seed=cell.seed,
         name=name,
-        **cell.params["run_options"],
+        **{**PAPER_SETTINGS, **cell.params["run_options"]},  # a variant changes the paper's
     )
 
 

@@ -93,7 +93,9 @@ SCALES: dict[str, Scale] = {
     ),
 }
 
-# Controller run options of each exploration variant (POST /v1/runs fields).
+# Controller run options of each exploration variant (POST /v1/runs fields), as changes
+# to the paper's settings (controller_service.runs.PAPER_SETTINGS, which every run is
+# created with first): "default" is the paper's algorithm.
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},  # the paper's algorithm
     "local": {"reward_terms": "local"},  # reward ablation: r_local only
@@ -114,7 +116,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "sigma": 0.5,
     },
 }
-DEFAULT_VARIANTS = ("default", "local", "relative")
+DEFAULT_VARIANTS = tuple(VARIANTS)
+# The variant whose settings became the service's run defaults (runs.RunSpec); its pair of
+# rows stands in Table 1 beside the paper's settings.
+SERVICE_VARIANT = "local-plr5e-3-rel0.5"
 
 TRAIN, GRID_POINT, GRID, PBT, EXPLORE, TRANSFER, UNTRAINED = (
     "train",
@@ -147,19 +152,23 @@ def explore_row_name(variant: str) -> str:
 
 def _variant_rows(variant: str) -> list[Row]:
     options = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items())
+    section = "Ablations"
+    if variant == SERVICE_VARIANT:
+        options = f"the service's defaults ({options})"
+        section = "Table 1"
     return [
         Row(
             explore_row_name(variant),
             f"Ada-Segment-A, {options}",
             EXPLORE,
-            "Ablations",
+            section,
             variant=variant,
         ),
         Row(
             f"ensemble-{variant}",
             f"Ada-Segment (Comb-dy), {options}",
             TRANSFER,
-            "Ablations",
+            section,
             mode="ensemble",
             variant=variant,
         ),
@@ -167,7 +176,8 @@ def _variant_rows(variant: str) -> list[Row]:
 
 
 def all_rows() -> list[Row]:
-    """Every row in table order: Table 1, Table 2, then one ablation pair per variant."""
+    """Every row in table order: Table 1 (the paper's settings, then the service's
+    defaults), Table 2, then one ablation pair per other variant."""
     rows = [
         Row("equal", "Equal weights", TRAIN, "Table 1", "Baseline", strategy="equal"),
         Row(
@@ -191,11 +201,12 @@ def all_rows() -> list[Row]:
         Row("pbt", "PBT-like, no controller", PBT, "Table 1", "Baseline-P"),
         Row(
             "ada-a",
-            "Ada-Segment-A: best model of the exploration",
+            "Ada-Segment-A, the paper's settings: best model of the exploration",
             EXPLORE,
             "Table 1",
             "Ada-Segment-A",
         ),
+        *_variant_rows(SERVICE_VARIANT),
         Row(
             "static-final",
             "Static λ of the best final member",
@@ -215,7 +226,7 @@ def all_rows() -> list[Row]:
         Row("final", "Dynamic, final policy π^T", TRANSFER, "Table 2", "Single-dy", mode="final"),
         Row(
             "ensemble",
-            "Dynamic, policy ensemble (Eq. 7): Ada-Segment",
+            "Dynamic, policy ensemble (Eq. 7): Ada-Segment, the paper's settings",
             TRANSFER,
             "Table 2",
             "Comb-dy",
@@ -234,7 +245,7 @@ def all_rows() -> list[Row]:
         )
     )
     for variant in VARIANTS:
-        if variant != "default":
+        if variant not in ("default", SERVICE_VARIANT):
             rows.extend(_variant_rows(variant))
     return rows
 
