@@ -16,7 +16,9 @@ from typing import Any
 from bench.effectiveness.plan import (
     EXPLORE,
     PUBLISHED,
+    SERVICE_VARIANT,
     TRANSFER,
+    UNTRAINED,
     VARIANTS,
     Scale,
     cell_key,
@@ -304,28 +306,54 @@ def explored_variants(
     ]
 
 
+JITTER = 0.035  # relative x offset between rows of equal cost, so their bars do not overlap
+
+
 def plot_pq_vs_cost(rows: Sequence[TableRow], path: Path) -> Path:
+    """Tables 1 and 2 labelled (Ada-Segment red, baselines blue), ablations as small
+    unlabelled green points; rows of equal cost side by side, best PQ rightmost."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        pq = row.metrics["pq"]
-        if pq is None or row.total_epochs is None:
-            continue
-        colour = {"Table 1": "tab:blue", "Table 2": "tab:orange"}.get(row.row.section, "tab:green")
-        if row.row.kind in (EXPLORE, TRANSFER) and row.row.section != "Ablations":
-            colour = "tab:red"
-        ax.errorbar(row.total_epochs, pq.mean, yerr=pq.std or 0.0, fmt="o", color=colour, capsize=3)
-        ax.annotate(
-            row.row.name,
-            (row.total_epochs, pq.mean),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-        )
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    points = [r for r in rows if r.metrics["pq"] is not None and r.total_epochs is not None]
+    by_cost: dict[float, list[TableRow]] = {}
+    for row in points:
+        by_cost.setdefault(row.total_epochs, []).append(row)
+    for cost, group in by_cost.items():
+        group.sort(key=lambda r: r.metrics["pq"].mean)
+        for k, row in enumerate(group):
+            pq = row.metrics["pq"]
+            x = cost * (1 + JITTER * (k - (len(group) - 1) / 2))
+            ablation = row.row.section == "Ablations" and row.row.kind != UNTRAINED
+            colour = "tab:green" if ablation else "tab:blue"
+            if row.row.kind in (EXPLORE, TRANSFER) and not ablation:
+                colour = "tab:red"
+            ax.errorbar(
+                x,
+                pq.mean,
+                yerr=pq.std or 0.0,
+                fmt="o",
+                color=colour,
+                capsize=3,
+                markersize=3 if ablation else 6,
+                alpha=0.45 if ablation else 1.0,
+            )
+            if not ablation:
+                label = row.row.name
+                if row.row.variant == SERVICE_VARIANT:
+                    label = label.replace(f"-{SERVICE_VARIANT}", " (service defaults)")
+                left = row.row.kind == EXPLORE  # the explorations' labels left of their point
+                ax.annotate(
+                    label,
+                    (x, pq.mean),
+                    textcoords="offset points",
+                    xytext=(-4 if left else 4, 3),
+                    ha="right" if left else "left",
+                    fontsize=8,
+                )
     ax.set_xscale("log")
     ax.set_xlabel("cost: trained epochs per seed, search included (log)")
     ax.set_ylabel("PQ on val (%), mean ± std over seeds")
-    ax.set_title("PQ against cost (red: Ada-Segment, blue: baselines, green: ablations)")
+    ax.set_title("PQ against cost (red: Ada-Segment, blue: baselines, green: other ablations)")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return _save(fig, path)
