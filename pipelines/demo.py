@@ -33,18 +33,27 @@ from controller_service.layout import transfer_key
 from pipelines.local import ChildProcesses, adaseg, child_processes, sigterm_as_interrupt
 
 LOSS_NAMES = ("semantic", "center", "offset")
+# The transfer and the baseline train with one intra-op thread, as the benchmark's cells
+# do: the tiny model gains little from a second one, and the float sums (so the PQs) then
+# equal the benchmark's to the last digit.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Every size of the demo; the hash of the sizes names its runs in the store."""
+    """Every size of the demo; the hash of the sizes names its runs in the store.
 
-    images: int = 320
-    val_images: int = 80
+    The defaults are the small scale of ``bench/effectiveness`` (its data, population,
+    schedule and seed 0), so the demo's three numbers are that benchmark's seed-0 cells
+    of the same rows: one seed of a table that has three.
+    """
+
+    images: int = 1280
+    val_images: int = 400
     size: int = 64
     data_seed: int = 0
     population: int = 4
-    rounds: int = 5
+    rounds: int = 6
     batch_size: int = 16
     transfer_epochs: int = 6
     seed: int = 0
@@ -286,6 +295,7 @@ class DemoSession:
                 str(self.config.seed),
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
+            env=ONE_THREAD,
         )  # fmt: skip
         self._add_time("ensemble", time.monotonic() - started)
 
@@ -303,6 +313,7 @@ class DemoSession:
                 "--batch-size", str(self.config.batch_size), "--seed", str(self.config.seed),
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
+            env=ONE_THREAD,
         )  # fmt: skip
         self._add_time("equal", time.monotonic() - started)
 
