@@ -33,10 +33,14 @@ from controller_service.layout import transfer_key
 from pipelines.local import ChildProcesses, adaseg, child_processes, sigterm_as_interrupt
 
 LOSS_NAMES = ("semantic", "center", "offset")
-# The transfer and the baseline train with one intra-op thread, as the benchmark's cells
-# do: the tiny model gains little from a second one, and the float sums (so the PQs) then
-# equal the benchmark's to the last digit.
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def env_with_threads(threads: int) -> dict[str, str]:
+    """A child's environment: this process's, read now (it may hold ADASEG_S3_* set after
+    import), with ``threads`` intra-op threads. The transfer and the baseline get one, as
+    the benchmark's cells do: the tiny model gains little from a second thread, and the
+    float sums (so the PQs) then equal the benchmark's to the last digit."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class DemoConfig:
 
     The defaults are the small scale of ``bench/effectiveness`` (its data, population,
     schedule and seed 0), so the demo's three numbers are that benchmark's seed-0 cells
-    of the same rows: one seed of a table that has three.
+    of the same rows: one seed of a table that has five.
     """
 
     images: int = 1280
@@ -228,8 +232,7 @@ class DemoSession:
         if run["status"] == "finished":
             print("exploration already finished")
             return run
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = env_with_threads(max(1, (os.cpu_count() or 1) // self.workers))
         for i in range(self.workers):
             self.children.start(
                 adaseg(
@@ -295,7 +298,7 @@ class DemoSession:
                 str(self.config.seed),
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
-            env=ONE_THREAD,
+            env=env_with_threads(1),
         )  # fmt: skip
         self._add_time("ensemble", time.monotonic() - started)
 
@@ -313,7 +316,7 @@ class DemoSession:
                 "--batch-size", str(self.config.batch_size), "--seed", str(self.config.seed),
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
-            env=ONE_THREAD,
+            env=env_with_threads(1),
         )  # fmt: skip
         self._add_time("equal", time.monotonic() - started)
 

@@ -16,7 +16,7 @@ trains global iterations [e·q, (e+1)·q) of one cosine schedule spanning
 (rounds 1..T are epochs 0..T-1; round 0 runs at round 1's position).
 
 All members of a round see the same batches in the same order (the data seed
-depends on the run and the round only), so their PQs differ by their loss
+depends on the run and the assignment's epoch only), so their PQs differ by their loss
 weights, not by their luck with the data.
 """
 
