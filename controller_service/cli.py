@@ -12,7 +12,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("controller_service.serve", "run the controller REST service"),
+    "serve": ("controller_service.api.serve", "run the controller REST service"),
     "worker": ("trainer_image.worker_cli", "train population members leased from a controller"),
     "transfer": ("trainer_image.transfer_cli", "train a fresh model with weights from a policy"),
     "train": ("trainer_image.train_cli", "train with a static weighting strategy (baselines)"),

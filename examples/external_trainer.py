@@ -20,7 +20,7 @@ import json
 import torch
 from torch import nn
 
-from controller_service.client import ControllerClient
+from controller_service.contract.client import ControllerClient
 
 LOSS_NAMES = ("classification", "regression")
 
@@ -74,7 +74,7 @@ def main() -> None:
         print(json.dumps({"epoch": epoch, "weights": weights, "losses": sums}), flush=True)
         if epoch < args.epochs:  # the weights of epoch e+1 from the mean losses of epoch e
             answer = client.weights(args.run, sums, epoch=epoch, epochs=args.epochs)
-            weights = answer["weights"]
+            weights = answer.weights
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from controller_service.layout import transfer_key
+from controller_service.contract.keys import transfer_key
 from pipelines.local import ChildProcesses, adaseg, child_processes, sigterm_as_interrupt
 
 LOSS_NAMES = ("semantic", "center", "offset")
@@ -142,7 +142,7 @@ class DemoSession:
         workers: int,
         children: ChildProcesses,
     ) -> None:
-        from controller_service.store import open_store
+        from controller_service.contract.store import open_store
 
         self.config = config
         self.out = out
@@ -177,15 +177,15 @@ class DemoSession:
         print(f"adaseg demo {self.tag}: store {self.store_uri}, outputs under {self.out}")
         self.ensure_data()
         url = controller_url or self.start_controller()
-        from controller_service.client import ControllerClient
+        from controller_service.contract.client import ControllerClient
 
         client = ControllerClient(url)
         client.wait_ready(timeout=60)
         run = self.explore(client, url)
-        self.transfer(url, run["id"])
+        self.transfer(url, run.id)
         self.baseline()
         self.evaluate_best(run)
-        self.report(client.get_run(run["id"]))
+        self.report(client.get_run(run.id, history=True))
 
     def ensure_data(self) -> None:
         self._phase("1/5 synthetic COCO-panoptic data")
@@ -216,27 +216,27 @@ class DemoSession:
 
     def _find_or_create_run(self, client: Any) -> dict[str, Any]:
         for run in client.list_runs():
-            if run.get("name") == self.tag:
-                print(f"resuming run {run['id']} (round {run['round']}/{run['rounds']})")
+            if run.name == self.tag:
+                print(f"resuming run {run.id} (round {run.round}/{run.rounds})")
                 return run
         c = self.config
         run = client.create_run(
             list(LOSS_NAMES), population=c.population, rounds=c.rounds, seed=c.seed, name=self.tag
         )
-        print(f"created run {run['id']}: population {c.population}, {c.rounds} rounds")
+        print(f"created run {run.id}: population {c.population}, {c.rounds} rounds")
         return run
 
     def explore(self, client: Any, url: str) -> dict[str, Any]:
         self._phase("2/5 exploration: pseudo epoch + rounds of the population")
         run = self._find_or_create_run(client)
-        if run["status"] == "finished":
+        if run.status == "finished":
             print("exploration already finished")
             return run
         env = env_with_threads(max(1, (os.cpu_count() or 1) // self.workers))
         for i in range(self.workers):
             self.children.start(
                 adaseg(
-                    "worker", "--controller", url, "--run", run["id"], "--data",
+                    "worker", "--controller", url, "--run", run.id, "--data",
                     str(self.data_dir), "--store", self.store_uri, "--device", "cpu",
                     "--worker-id", f"demo-worker-{i}", "--batch-size", str(self.config.batch_size),
                 ),
@@ -245,7 +245,7 @@ class DemoSession:
             )  # fmt: skip
         print(f"{self.workers} worker processes, logs in {self.logs}")
         started = time.monotonic()
-        run = self._follow(client, run["id"], started)
+        run = self._follow(client, run.id, started)
         self._add_time("exploration", time.monotonic() - started)
         return run
 
@@ -257,28 +257,25 @@ class DemoSession:
         done_before = None  # members a resumed run had already trained: not this session's rate
         while True:
             run = client.get_run(run_id)
-            done = sum(
-                1
-                for item in run["history"]
-                for c in item["candidates"]
-                if c.get("valid", True) and (c.get("pq") is not None or c.get("diverged"))
-            )
+            done = run.members_done
             done_before = done if done_before is None else done_before
             elapsed = time.monotonic() - started
             per_minute = (done - done_before) / elapsed * 60 if done > done_before else None
             eta = f"{(total - done) / per_minute * 60:.0f}s" if per_minute else "?"
             rate = f"{per_minute:.1f} members/min" if per_minute else "?"
-            best = run["best"]["pq"] if run.get("best") else None
+            best = run.best.pq if run.best else None
             line = (
-                f"round {run['round']}/{run['rounds']}  members trained {done}/{total}  "
+                f"round {run.round}/{run.rounds}  members done {done}/{total}  "
                 f"best PQ {best if best is None else f'{best:.2f}'}  "
                 f"elapsed {elapsed:.0f}s  rate {rate}  ETA {eta}"
             )
             if line.split("elapsed")[0] != last.split("elapsed")[0]:
                 print(line, flush=True)
                 last = line
-            if run["status"] == "finished":
+            if run.status == "finished":
                 return run
+            if run.status == "failed":
+                raise RuntimeError(f"run {run_id} failed: {run.failure}")
             if workers and all(p.poll() is not None for p in workers):
                 raise RuntimeError(f"every worker exited before the run finished; see {self.logs}")
             time.sleep(1.0)
@@ -329,19 +326,19 @@ class DemoSession:
         from trainer_image.checkpoint import load_checkpoint
         from trainer_image.session import model_from_checkpoint
 
-        return model_from_checkpoint(load_checkpoint(self.store, run["best"]["checkpoint_uri"]))
+        return model_from_checkpoint(load_checkpoint(self.store, run.best.checkpoint_uri))
 
     def evaluate_best(self, run: dict[str, Any]) -> None:
         """Ada-Segment-A: the exploration's best model on the same validation split."""
         self._phase("5/5 Ada-Segment-A: the exploration's best model on the validation split")
-        key = eval_key(run["id"])
+        key = eval_key(run.id)
         if self.store.exists(key):
             print("already done")
             return
         from trainer_image.evaluation import evaluate_pq
 
         metrics = evaluate_pq(self._best_model(run), self._val_split(), self.config.batch_size)
-        metrics.update(checkpoint_uri=run["best"]["checkpoint_uri"], run=run["id"], split="val")
+        metrics.update(checkpoint_uri=run.best.checkpoint_uri, run=run.id, split="val")
         self.store.put_json(key, metrics)
 
     def report(self, run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -352,7 +349,7 @@ class DemoSession:
         rows = [
             self._row("baseline (equal weights)", metrics_key(self.tag, "equal"), timings, "equal",
                       f"{c.transfer_epochs} epochs"),
-            self._row("Ada-Segment-A (best of exploration)", eval_key(run["id"]), timings,
+            self._row("Ada-Segment-A (best of exploration)", eval_key(run.id), timings,
                       "exploration", f"{explore_epochs} intervals"),
             self._row("Ada-Segment (transfer, ensemble)", metrics_key(self.tag, "ensemble"),
                       timings, "ensemble", f"{c.transfer_epochs} epochs + policy"),
@@ -367,7 +364,7 @@ class DemoSession:
             plot_predictions(self._prediction_samples(run), self.plots / "predictions.png"),
         ]
         print("\nplots:\n" + "\n".join(f"  {path}" for path in saved))
-        print(f"store: {self.store_uri} (run {run['id']}, transfers {self.tag}-*)")
+        print(f"store: {self.store_uri} (run {run.id}, transfers {self.tag}-*)")
         return rows
 
     def _row(

@@ -1,16 +1,19 @@
 """PNG plots of a run, for people: loss weights over rounds, PQ per member, predictions.
 
-Pure functions of a run record (``GET /v1/runs/{run}``) or of arrays; matplotlib
-with the Agg backend so they work on a headless machine or in a pod.
+Pure functions of a run record with its rounds (``GET /v1/runs/{run}?history=true``,
+typed by :class:`~controller_service.contract.schemas.RunRecord`) or of arrays;
+matplotlib with the Agg backend so they work on a headless machine or in a pod.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from controller_service.contract.schemas import RunRecord
 
 
 def _pyplot() -> Any:
@@ -22,38 +25,36 @@ def _pyplot() -> Any:
     return plt
 
 
-def _as_vector(weights: Mapping[str, float] | Sequence[float], names: Sequence[str]) -> list[float]:
-    if isinstance(weights, Mapping):
-        return [float(weights[name]) for name in names]
-    return [float(w) for w in weights]
-
-
-def plot_weights(run: Mapping[str, Any], path: str | Path) -> Path:
-    """Mean weights (Eq. 1) and the best member's weights of every round, one panel per loss.
+def plot_weights(run: RunRecord, path: str | Path) -> Path:
+    """Mean weights (Eq. 1, when the strategy has a policy) and the best member's weights of
+    every round, every candidate in grey, one panel per loss.
 
     Log scale, because panoptic loss weights differ by orders of magnitude.
     """
     plt = _pyplot()
-    names = list(run["loss_names"])
-    history = [item for item in run["history"] if item["round"] >= 1]
+    names = list(run.loss_names)
+    history = [item for item in run.history or [] if item.round >= 1]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    rounds = [item["round"] for item in history]
+    rounds = [item.round for item in history]
     for i, name in enumerate(names):
         ax = axes[0][i]
         for item in history:
-            for cand in item["candidates"]:
-                if cand.get("valid", True):
-                    w = _as_vector(cand["weights"], names)[i]
-                    ax.scatter(item["round"], w, s=10, color="0.7", zorder=1)
-        means = [_as_vector(item["mean_weights"], names)[i] for item in history]
-        ax.plot(rounds, means, "o-", label="policy mean λ", zorder=2)
-        best = []
-        for item in history:
-            member = item.get("best_member")
-            cands = {c["member"]: c for c in item["candidates"] if c.get("valid", True)}
-            best.append(
-                _as_vector(cands[member]["weights"], names)[i] if member in cands else np.nan
+            ax.scatter(
+                [item.round] * len(item.candidates),
+                [c.weights[name] for c in item.candidates],
+                s=10,
+                color="0.7",
+                zorder=1,
             )
+        if all(item.mean_weights is not None for item in history):
+            means = [item.mean_weights[name] for item in history]  # type: ignore[index]
+            ax.plot(rounds, means, "o-", label="policy mean λ", zorder=2)
+        best = [
+            item.candidates[item.best_member].weights[name]
+            if item.best_member is not None
+            else np.nan
+            for item in history
+        ]
         ax.plot(rounds, best, "s--", label="best member λ", zorder=3)
         ax.set_yscale("log")
         ax.set_title(f"weight of '{name}'")
@@ -64,27 +65,23 @@ def plot_weights(run: Mapping[str, Any], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_pq(run: Mapping[str, Any], path: str | Path) -> Path:
-    """PQ of every member per round (diverged members marked), with the best line."""
+def plot_pq(run: RunRecord, path: str | Path) -> Path:
+    """PQ of every trained member per round, with the best line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     best_x, best_y = [], []
-    for item in run["history"]:
-        pqs = [
-            (c["member"], c["pq"])
-            for c in item["candidates"]
-            if c.get("valid", True) and c.get("pq") is not None
-        ]
+    for item in run.history or []:
+        pqs = [(c.member, c.pq) for c in item.candidates if c.pq is not None]
         if not pqs:
             continue
         members, values = zip(*pqs, strict=True)
-        ax.scatter([item["round"]] * len(values), values, s=14, c=members, cmap="tab10", zorder=2)
-        best_x.append(item["round"])
+        ax.scatter([item.round] * len(values), values, s=14, c=members, cmap="tab10", zorder=2)
+        best_x.append(item.round)
         best_y.append(max(values))
     ax.plot(best_x, best_y, "k-", label="best of round", zorder=1)
     ax.set_xlabel("round (0 = pseudo epoch)")
     ax.set_ylabel("PQ on proxy-val")
-    ax.set_title(f"run {run['id']}: PQ per member")
+    ax.set_title(f"run {run.id}: PQ per member")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

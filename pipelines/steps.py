@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller_service.layout import transfer_key
+from controller_service.contract.keys import transfer_key
 
 
 class StepFailed(RuntimeError):
@@ -55,7 +55,7 @@ def create_run(
     ``options`` holds the other fields of ``POST /v1/runs`` (sigma, policy_lr,
     lease_seconds, ...); the explicit arguments win over it.
     """
-    from controller_service.client import ControllerClient
+    from controller_service.contract.client import ControllerClient
 
     if not loss_names:
         raise ValueError("loss_names is empty: the model's loss names are needed")
@@ -66,8 +66,8 @@ def create_run(
     client = ControllerClient(controller_url)
     client.wait_ready()
     run = client.create_run(list(loss_names), **body)
-    print(f"created run {run['id']}: population {population}, rounds {rounds}", flush=True)
-    return str(run["id"])
+    print(f"created run {run.id}: population {population}, rounds {rounds}", flush=True)
+    return run.id
 
 
 def member_slots(run_id: str, population: int) -> list[dict[str, str]]:
@@ -204,17 +204,16 @@ def _figures(run: Mapping[str, Any]) -> dict[str, bytes]:
 
 def summarize_search(controller_url: str, run_id: str) -> SearchSummary:
     """Read the run from the controller and render its outputs; the run must be finished."""
-    from controller_service.client import ControllerClient
+    from controller_service.contract.client import ControllerClient
     from pipelines import report
 
-    run = ControllerClient(controller_url).get_run(run_id)
-    if run.get("status") != "finished":
-        raise StepFailed(f"run {run_id} is {run.get('status')!r}, not finished")
-    best = run["best"]
+    run = ControllerClient(controller_url).get_run(run_id, history=True)
+    if run.status != "finished" or run.best is None:
+        raise StepFailed(f"run {run_id} is {run.status!r}, not finished")
     return SearchSummary(
         run_id=run_id,
-        best_checkpoint_uri=str(best["checkpoint_uri"]),
-        best_pq=float(best["pq"]),
+        best_checkpoint_uri=run.best.checkpoint_uri,
+        best_pq=run.best.pq,
         metrics=report.search_metrics(run),
         markdown=report.search_markdown(run),
         html=report.search_html(run, _figures(run)),
@@ -233,7 +232,7 @@ class TransferSummary:
 
 def summarize_transfer(store_uri: str, transfer_id: str) -> TransferSummary:
     """Read ``transfers/{id}/metrics.json`` and check that ``final.pt`` exists."""
-    from controller_service.store import open_store
+    from controller_service.contract.store import open_store
     from pipelines import report
 
     store = open_store(store_uri)

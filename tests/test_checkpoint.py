@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from controller_service.store import open_store
+from controller_service.contract.store import open_store
 from tests.test_training import TwoHeadNet, make_batches
 from trainer_image.checkpoint import (
     Checkpoint,

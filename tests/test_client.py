@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller_service.client import (
+from controller_service.contract.client import (
     ClientError,
     Conflict,
     ControllerClient,
@@ -75,23 +75,33 @@ def test_4xx_raise_typed_errors_with_the_servers_detail(shared_controller: Contr
         client.create_run(NAMES, population=1)
     assert caught.value.status_code == 422 and not isinstance(caught.value, (NotFound, Conflict))
 
-    run = client.create_run(NAMES, population=2, rounds=1, lease_seconds=0.3)["id"]
+    run = client.create_run(NAMES, population=2, rounds=1, lease_seconds=1.0).id
     with pytest.raises(Conflict, match="no policy snapshot"):
         client.weights(run, LOSSES, epoch=1, epochs=2)
 
-    lost = client.lease(run, "slow")["assignment"]
-    assert client.heartbeat(run, lost["id"])["state"] == "leased"
-    time.sleep(0.35)  # the lease expires ...
-    again = client.lease(run, "fast")["assignment"]  # ... and the member is issued again
-    assert again["id"] == "r000-m00-a2"
+    lost = client.lease(run, "slow").assignment
+    assert client.heartbeat(run, lost.id).state == "leased"
+    time.sleep(1.05)  # the lease expires ...
+    again = client.lease(run, "fast").assignment  # ... and the member is issued again
+    assert again.id == "r000-m00-a2"
     with pytest.raises(Conflict, match="issued again"):
-        client.report(run, lost["id"], LOSSES, 10.0, lost["checkpoint_uri"])
+        client.report(run, lost.id, LOSSES, 10.0, lost.checkpoint_uri)
     with pytest.raises(ClientError, match=r"losses\.center: is nan") as caught:
-        client.report(run, again["id"], {**LOSSES, "center": float("nan")}, 10.0, "file:///x")
+        client.report(run, again.id, {**LOSSES, "center": float("nan")}, 10.0, again.checkpoint_uri)
     assert caught.value.status_code == 422
 
     # a diverged pseudo epoch fails the run: leases are then refused with 409
-    assert client.report_diverged(run, again["id"], "loss became NaN")["state"] == "accepted"
-    assert client.get_run(run)["status"] == "failed"
+    assert client.report_diverged(run, again.id, "loss became NaN").state == "accepted"
+    assert client.get_run(run).status == "failed"
     with pytest.raises(Conflict, match="loss became NaN"):
         client.lease(run, "fast")
+
+
+def test_path_parameters_are_url_encoded(shared_controller: ControllerProcess):
+    """A run id like ``../runs`` stays one path segment: 404, not the run list."""
+    client = ControllerClient(shared_controller.url)
+    client.create_run(NAMES, population=2, rounds=1)  # the run list is not empty
+    with pytest.raises(NotFound, match=r"GET /v1/runs/\.\.%2Fruns"):
+        client.get_run("../runs")
+    with pytest.raises(NotFound):
+        client.heartbeat("x/../../runs", "r000-m00-a1")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controller_service.store import open_store
+from controller_service.contract.store import open_store
 
 ROW = re.compile(
     r"^(baseline|Ada-Segment-A|Ada-Segment \(transfer)[^\d]*?\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"

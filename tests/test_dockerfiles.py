@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from controller_service.api.settings import Settings
 from controller_service.cli import COMMANDS
-from controller_service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = ("controller_service/Dockerfile", "trainer_image/Dockerfile")

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from controller_service.ensemble import transfer_weights
-from controller_service.policy import Policy, PolicyConfig
+from controller_service.search.ensemble import transfer_weights
+from controller_service.search.policy import Policy, PolicyConfig
 
 IDENTITY = [[1.0, 0.0], [0.0, 1.0]]
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controller_service.client import ControllerClient
+from controller_service.contract.client import ControllerClient
 from tests.fixtures.controller import ControllerProcess
 from tests.test_transfer import finish_run_with_fake_trainer
 

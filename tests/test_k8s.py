@@ -25,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from controller_service.settings import Settings
+from controller_service.api.settings import Settings
 from tests.test_dockerfiles import command_module_exists, parse_adaseg_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from kfp import local
 
-from controller_service.client import ControllerClient
-from controller_service.layout import transfer_key
-from controller_service.store import open_store
+from controller_service.contract.client import ControllerClient
+from controller_service.contract.keys import transfer_key
+from controller_service.contract.store import open_store
 from pipelines.search import search_pipeline
 from pipelines.transfer import transfer_pipeline
 from tests.fixtures.controller import ControllerProcess, start_controller

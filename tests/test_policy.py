@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from controller_service.policy import Policy, PolicyConfig, evaluate_snapshot
+from controller_service.search.policy import Policy, PolicyConfig, evaluate_snapshot
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default, part of its first-step formula
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from controller_service.rewards import rewards
+from controller_service.search.rewards import rewards
 
 
 def test_eq3_to_5_hand_numbers() -> None:

@@ -9,21 +9,29 @@ checkpoint each round starts from, what is drawn once, what a refusal leaves.
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import threading
-import time
 from typing import Any
 
 import pytest
 
-from controller_service import runs, schemas
-from controller_service.ensemble import transfer_weights
-from controller_service.layout import init_checkpoint_key, policy_snapshot_key, run_state_key
-from controller_service.policy import Policy, PolicyConfig
-from controller_service.rewards import rewards
-from controller_service.runs import MemberReport, RunConflict, RunInputError, RunNotFound, RunSpec
-from controller_service.store import FileStore, StoreError
+from controller_service.contract import schemas
+from controller_service.contract.keys import init_checkpoint_key
+from controller_service.runs import (
+    PAPER_SETTINGS,
+    MemberReport,
+    RunConflict,
+    RunInputError,
+    RunNotFound,
+    RunRepository,
+    RunSpec,
+    transitions,
+    views,
+)
+from controller_service.runs.transitions import RETRY_AFTER_MAX, Change, Context
+from controller_service.search.base import make_strategy
+from controller_service.search.ensemble import transfer_weights
+from controller_service.search.policy import Policy, PolicyConfig
+from controller_service.search.rewards import rewards
 
 NAMES = ("semantic", "center", "offset")
 STORE_URI = "file:///store"
@@ -46,60 +54,115 @@ def result_of(assignment: dict[str, Any]) -> MemberReport:
     return MemberReport(losses=losses, pq=pq, checkpoint_uri=assignment["checkpoint_uri"])
 
 
-def new_state(population: int = 3, rounds: int = 2, lease_seconds: float = 10.0, **kw: Any):
-    spec = RunSpec(
-        loss_names=NAMES,
-        population=population,
-        rounds=rounds,
-        seed=11,
-        lease_seconds=lease_seconds,
-        **kw,
+def policy_config(spec: RunSpec) -> PolicyConfig:
+    return PolicyConfig(
+        n_losses=len(spec.loss_names),
+        hidden=spec.hidden,
+        sigma=spec.sigma,
+        sigma_mode=spec.sigma_mode,
+        lr=spec.policy_lr,
+        weight_decay=spec.policy_weight_decay,
+        steps=spec.policy_steps,
     )
-    return spec, runs.create_state("run1", spec, now=0.0, init_checkpoint_uri=INIT_URI)
 
 
-def take(state: dict[str, Any], worker: str = "w", now: float = 0.0) -> dict[str, Any]:
-    answer = runs.lease(state, worker, now=now, uri_of=uri_of).answer
-    assert answer["state"] == "assigned", answer
-    return answer["assignment"]
+class Run:
+    """One run's state driven through the pure transitions, as the repository would."""
+
+    def __init__(self, population: int = 3, rounds: int = 2, lease_seconds: float = 10.0, **kw):
+        kw.setdefault("loss_names", NAMES)
+        self.spec = RunSpec(
+            population=population,
+            rounds=rounds,
+            seed=11,
+            lease_seconds=lease_seconds,
+            **kw,
+        )
+        self.strategy = make_strategy(self.spec.strategy, self.spec.strategy_settings())
+        self.state = transitions.create_state(
+            "run1", self.spec, now=0.0, init_checkpoint_uri=INIT_URI, strategy=self.strategy
+        )
+        self.records: dict[int, dict[str, Any]] = {}
+        self.writes: dict[str, Any] = {}
+
+    def ctx(self, now: float) -> Context:
+        def accepted(round_: int, member: int):
+            c = self.records[round_]["candidates"][member]
+            names = self.spec.loss_names
+            checked = transitions.CheckedReport(
+                c["outcome"],
+                tuple(c["losses"][n] for n in names) if c["losses"] else None,
+                c["pq"],
+                c["checkpoint_uri"],
+                c["reason"],
+            )
+            return c["assignment_id"], checked
+
+        return Context(now=now, uri_of=uri_of, strategy=self.strategy, accepted=accepted)
+
+    def apply(self, change: Change) -> Change:
+        self.state = change.state
+        self.writes.update(change.writes)
+        for key, value in change.writes.items():
+            if "/rounds/" in key:
+                self.records[int(key.rsplit("/r", 1)[1][:-5])] = value
+        return change
+
+    def lease(self, worker: str = "w", now: float = 0.0) -> Change:
+        change = transitions.lease_many(self.state, [worker], self.ctx(now))
+        change.answer = change.answer[worker]
+        return self.apply(change)
+
+    def take(self, worker: str = "w", now: float = 0.0) -> dict[str, Any]:
+        answer = self.lease(worker, now).answer
+        assert answer["state"] == "assigned", answer
+        return answer["assignment"]
+
+    def report(self, aid: str, rep: MemberReport, now: float = 0.0) -> Change:
+        return self.apply(transitions.report(self.state, aid, rep, self.ctx(now)))
+
+    def heartbeat(self, aid: str, now: float = 0.0) -> Change:
+        return self.apply(transitions.heartbeat(self.state, aid, self.ctx(now)))
+
+    def finish_round(self, now: float = 0.0) -> Change:
+        """Lease and report every remaining member of the open round."""
+        round_ = self.state.open.round
+        change = None
+        while self.state.open is not None and self.state.open.round == round_:
+            assignment = self.take(f"w{round_}", now)
+            change = self.report(assignment["id"], result_of(assignment), now)
+        return change
+
+    def record(self) -> dict[str, Any]:
+        return views.run_record(self.state, [self.records[t] for t in sorted(self.records)])
 
 
-def finish_round(state: dict[str, Any], now: float = 0.0) -> runs.ReportOutcome:
-    """Lease and report every remaining member of the open round."""
-    outcome = None
-    round_ = state["current"]["round"]
-    while state["current"] is not None and state["current"]["round"] == round_:
-        assignment = take(state, f"w{state['current']['round']}", now)
-        outcome = runs.report(state, assignment["id"], result_of(assignment), now=now)
-    return outcome
-
-
-def frozen(state: dict[str, Any]) -> str:
-    return json.dumps(state, sort_keys=True)
+def snapshot_of(change: Change, round_: int) -> dict[str, Any] | None:
+    return change.writes.get(f"runs/run1/policy/round-{round_:03d}.json")
 
 
 def test_run_goes_from_pseudo_epoch_through_every_round_to_finished():
-    spec, state = new_state(population=3, rounds=2)
-    replay = Policy(spec.policy_config(), 11)
+    run = Run(population=3, rounds=2)
+    replay = Policy(policy_config(run.spec), 11)
 
     # round 0: one assignment, member 0, all weights 1, from init.pt, at epoch 0 of T
-    zero = take(state, "w0")
+    zero = run.take("w0")
     assert (zero["id"], zero["round"], zero["member"]) == ("r000-m00-a1", 0, 0)
     assert zero["weights"] == {name: 1.0 for name in NAMES}
     assert zero["init_checkpoint_uri"] == INIT_URI
     assert zero["checkpoint_uri"] == uri_of("runs/run1/checkpoints/r000-m00.pt")
     assert (zero["epoch"], zero["epochs"]) == (0, 2)
-    assert runs.lease(state, "other", now=0.0, uri_of=uri_of).answer["state"] == "wait"
+    assert run.lease("other").answer["state"] == "wait"
     initial_losses, v0 = trained(zero["weights"])
-    outcome = runs.report(state, zero["id"], result_of(zero), now=1.0)
-    assert outcome.answer["round_completed"] and not outcome.snapshots
-    assert state["initial_losses"] == initial_losses
-    assert state["best"]["pq"] == v0 and state["best"]["round"] == 0
+    change = run.report(zero["id"], result_of(zero), now=1.0)
+    assert change.answer["round_completed"] and snapshot_of(change, 0) is None
+    assert run.state.initial_losses == tuple(initial_losses[n] for n in NAMES)
+    assert run.state.best.pq == v0 and run.state.best.round == 0
 
     # round 1: candidates drawn once from pi(l^1)/l^1, every member starts from init.pt
     mean = replay.mean_weights([initial_losses[n] for n in NAMES])
     draw = replay.sample(mean, 3)
-    assignments = [take(state, f"w{j}", now=2.0) for j in range(3)]
+    assignments = [run.take(f"w{j}", now=2.0) for j in range(3)]
     assert [a["member"] for a in assignments] == [0, 1, 2]
     for a, candidate in zip(assignments, draw.candidates, strict=True):
         assert a["weights"] == dict(zip(NAMES, candidate, strict=True))
@@ -107,126 +170,138 @@ def test_run_goes_from_pseudo_epoch_through_every_round_to_finished():
         assert (a["epoch"], a["epochs"]) == (0, 2)  # the schedule starts after round 0
     results = [trained(a["weights"]) for a in assignments]
     for a in assignments[:2]:
-        assert not runs.report(state, a["id"], result_of(a), now=3.0).answer["round_completed"]
-    outcome = runs.report(state, assignments[2]["id"], result_of(assignments[2]), now=3.0)
-    assert outcome.answer["round_completed"] and outcome.completed_round == 1
+        assert not run.report(a["id"], result_of(a), now=3.0).answer["round_completed"]
+    change = run.report(assignments[2]["id"], result_of(assignments[2]), now=3.0)
+    assert change.answer["round_completed"] and change.completed_round == 1 and change.rebase
 
     # rewards (Eq. 3-5) against v_best_0, Eq. 6 over valid + invalid draws, snapshot pi^1
     pqs = [pq for _, pq in results]
-    expected_rewards = rewards(pqs, v0, 1, 2, spec.reward_terms)
+    expected_rewards = rewards(pqs, v0, 1, 2, run.spec.reward_terms)
     replay.update(
         [initial_losses[n] for n in NAMES],
         draw.candidates + draw.invalid,
         expected_rewards + [-1.0] * len(draw.invalid),
     )
-    assert outcome.snapshots == {1: replay.snapshot()}
-    record = state["history"][1]
-    assert [c["reward"] for c in record["candidates"][:3]] == expected_rewards
+    assert snapshot_of(change, 1) == replay.snapshot()
+    record = run.records[1]
+    assert [c["reward"] for c in record["candidates"]] == expected_rewards
     best = max(range(3), key=lambda j: (pqs[j], -j))
     assert record["best_member"] == best
-    assert state["best"]["checkpoint_uri"] == assignments[best]["checkpoint_uri"]
+    assert run.state.best.checkpoint_uri == assignments[best]["checkpoint_uri"]
 
     # round 2 starts every member from round 1's best checkpoint; the policy input is its losses
     best_losses = results[best][0]
     draw2 = replay.sample(replay.mean_weights([best_losses[n] for n in NAMES]), 3)
-    round2 = take(state, "w0", now=4.0)
+    round2 = run.take("w0", now=4.0)
     assert round2["init_checkpoint_uri"] == assignments[best]["checkpoint_uri"]
     assert (round2["epoch"], round2["epochs"]) == (1, 2)  # the broadcast continues the schedule
     assert round2["weights"] == dict(zip(NAMES, draw2.candidates[0], strict=True))
-    assert state["current"]["draw"]["input_losses"] == best_losses
-    runs.report(state, round2["id"], result_of(round2), now=4.0)
-    outcome = finish_round(state, now=5.0)
-    assert outcome.completed_round == 2 and 2 in outcome.snapshots
+    assert run.state.open.input_losses == tuple(best_losses[n] for n in NAMES)
+    run.report(round2["id"], result_of(round2), now=4.0)
+    change = run.finish_round(now=5.0)
+    assert change.completed_round == 2 and snapshot_of(change, 2) is not None
 
-    assert state["status"] == "finished" and state["current"] is None
-    assert runs.lease(state, "w0", now=6.0, uri_of=uri_of).answer == {"state": "finished"}
-    record = runs.run_record(state)
+    assert run.state.status == "finished" and run.state.open is None
+    assert run.lease("w0", now=6.0).answer == {"state": "finished"}
+    record = run.record()
     assert (record["round"], record["rounds"], record["population"]) == (2, 2, 3)
+    assert (record["completed_rounds"], record["members_done"]) == (3, 7)
     assert [h["round"] for h in record["history"]] == [0, 1, 2]
-    assert runs.snapshot_rounds(state) == [1, 2]
+    assert views.snapshot_rounds(run.state, has_policy=True) == [1, 2]
+    schemas.RunRecord.model_validate(record)
 
 
 def test_lease_expiry_reissue_and_wait_with_a_fake_clock():
-    _, state = new_state(population=2, lease_seconds=10.0)
-    finish_round(state)  # round 0
-    first = take(state, "a", now=100.0)
-    second = take(state, "b", now=101.0)
+    run = Run(population=2, lease_seconds=10.0)
+    run.finish_round()  # round 0
+    first = run.take("a", now=100.0)
+    second = run.take("b", now=101.0)
     assert (first["member"], second["member"]) == (0, 1)
     assert first["deadline"] == 110.0
 
-    wait = runs.lease(state, "c", now=105.0, uri_of=uri_of).answer
-    assert wait == {"state": "wait", "retry_after": runs.RETRY_AFTER_MAX}
-    assert runs.lease(state, "c", now=109.5, uri_of=uri_of).answer["retry_after"] == 0.5
-    assert runs.lease(state, "c", now=109.99, uri_of=uri_of).answer["retry_after"] == 0.05
+    assert run.lease("c", now=105.0).answer == {"state": "wait", "retry_after": RETRY_AFTER_MAX}
+    assert run.lease("c", now=109.5).answer["retry_after"] == 0.5
+    assert run.lease("c", now=109.99).answer["retry_after"] == 0.05
 
-    outcome = runs.lease(state, "c", now=110.0, uri_of=uri_of)  # a's deadline has passed
-    assert outcome.issued and outcome.reissued_expired
-    again = outcome.answer["assignment"]
-    assert (again["id"], again["member"]) == ("r001-m00-a2", 0)
+    change = run.lease("c", now=110.0)  # a's deadline has passed
+    assert change.issued == [True]
+    again = change.answer["assignment"]
+    assert (again["id"], again["member"], again["attempt"]) == ("r001-m00-a2", 0, 2)
     assert again["weights"] == first["weights"]  # drawn once, never redrawn
+    assert run.state.open.members[0].failures == 1  # the expired attempt counts as failed
 
-    with pytest.raises(RunConflict, match="issued again as r001-m00-a2"):
-        runs.report(state, first["id"], result_of(first), now=111.0)
+    with pytest.raises(RunConflict, match=r"issued again \(r001-m00-a2\)"):
+        run.report(first["id"], result_of(first), now=111.0)
     with pytest.raises(RunConflict):
-        runs.heartbeat(state, first["id"], now=111.0)
-    assert runs.report(state, again["id"], result_of(again), now=111.0).accepted
+        run.heartbeat(first["id"], now=111.0)
+    assert run.report(again["id"], result_of(again), now=111.0).answer["state"] == "accepted"
     with pytest.raises(RunConflict, match="already completed by assignment r001-m00-a2"):
-        runs.report(state, first["id"], result_of(first), now=112.0)
+        run.report(first["id"], result_of(first), now=112.0)
 
 
 def test_heartbeat_extends_the_lease_and_late_reports_count_until_reissued():
-    _, state = new_state(population=2, lease_seconds=10.0)
-    finish_round(state)
-    first = take(state, "a", now=0.0)
-    take(state, "b", now=0.0)
-    answer, changed = runs.heartbeat(state, first["id"], now=8.0)
-    assert changed and answer == {"assignment_id": first["id"], "state": "leased", "deadline": 18.0}
-    assert runs.lease(state, "c", now=9.0, uri_of=uri_of).answer["retry_after"] == 1.0
+    run = Run(population=2, lease_seconds=10.0)
+    run.finish_round()
+    first = run.take("a", now=0.0)
+    second = run.take("b", now=0.0)
+    change = run.heartbeat(first["id"], now=8.0)
+    assert change.members == {0}
+    assert change.answer == {"assignment_id": first["id"], "state": "leased", "deadline": 18.0}
+    assert run.lease("c", now=9.0).answer["retry_after"] == 1.0
 
     # member 1's lease expired at 10 and nobody took it: its late report still counts
-    late = state["current"]["members"][1]["assignment_id"]
-    assert runs.report(state, late, result_of(take_view(state, 1)), now=15.0).accepted
-    answer, changed = runs.heartbeat(state, late, now=15.0)
-    assert not changed and answer["state"] == "reported"
+    assert run.report(second["id"], result_of(second), now=15.0).answer["state"] == "accepted"
+    change = run.heartbeat(second["id"], now=15.0)
+    assert not change.changed and change.answer["state"] == "reported"
     # member 0 is past its first deadline but was extended: nothing to lease
-    assert runs.lease(state, "c", now=15.0, uri_of=uri_of).answer["state"] == "wait"
-
-
-def take_view(state: dict[str, Any], member: int) -> dict[str, Any]:
-    """The assignment fields a trainer would hold for ``member`` of the open round."""
-    current = state["current"]
-    return {
-        "weights": current["draw"]["candidates"][member],
-        "checkpoint_uri": uri_of(f"runs/run1/checkpoints/r{current['round']:03d}-m{member:02d}.pt"),
-    }
+    assert run.lease("c", now=15.0).answer["state"] == "wait"
 
 
 def test_same_worker_leasing_again_gets_its_assignment_back():
-    _, state = new_state(population=3)
-    finish_round(state)
-    first = take(state, "a", now=0.0)
-    outcome = runs.lease(state, "a", now=5.0, uri_of=uri_of)
-    assert outcome.changed and not outcome.issued
-    assert outcome.answer["assignment"]["id"] == first["id"]
-    assert outcome.answer["assignment"]["deadline"] == 5.0 + 10.0
-    assert take(state, "b", now=5.0)["member"] == 1
+    run = Run(population=3)
+    run.finish_round()
+    first = run.take("a", now=0.0)
+    change = run.lease("a", now=5.0)
+    assert change.changed and change.issued == []
+    assert change.answer["assignment"]["id"] == first["id"]
+    assert change.answer["assignment"]["deadline"] == 5.0 + 10.0
+    assert run.take("b", now=5.0)["member"] == 1
 
 
-def test_duplicate_report_is_accepted_once_and_changes_nothing():
-    _, state = new_state(population=2)
-    finish_round(state)
-    first = take(state, "a")
-    assert runs.report(state, first["id"], result_of(first), now=1.0).answer["state"] == "accepted"
-    before = frozen(state)
-    outcome = runs.report(state, first["id"], result_of(first), now=2.0)
-    assert outcome.answer["state"] == "duplicate" and not outcome.accepted
-    assert frozen(state) == before
+def test_pending_members_are_issued_before_expired_ones():
+    run = Run(population=3, lease_seconds=10.0)
+    run.finish_round()
+    first = run.take("a", now=0.0)
+    # member 0's lease expired, members 1 and 2 were never issued: they go first
+    assert run.take("b", now=20.0)["member"] == 1
+    assert run.take("c", now=20.0)["member"] == 2
+    again = run.take("d", now=20.0)
+    assert (again["member"], again["id"]) == (0, "r001-m00-a2") and first["member"] == 0
 
-    # still a duplicate after its round completed
-    finish_round(state)
-    before = frozen(state)
-    assert runs.report(state, first["id"], result_of(first), now=3.0).answer["state"] == "duplicate"
-    assert frozen(state) == before
+
+def test_duplicate_report_is_accepted_once_and_a_different_second_report_is_409():
+    run = Run(population=2)
+    run.finish_round()
+    first = run.take("a")
+    assert run.report(first["id"], result_of(first), now=1.0).answer["state"] == "accepted"
+    before = run.state
+    change = run.report(first["id"], result_of(first), now=2.0)
+    assert change.answer["state"] == "duplicate" and not change.changed
+    assert run.state is before
+    other = MemberReport(
+        losses=trained(first["weights"])[0], pq=1.0, checkpoint_uri=first["checkpoint_uri"]
+    )
+    with pytest.raises(RunConflict, match="different results"):
+        run.report(first["id"], other, now=2.0)
+
+    # still a duplicate after its round completed (from the stored round record), and
+    # still a conflict when it says something else
+    run.finish_round()
+    before = run.state
+    assert run.report(first["id"], result_of(first), now=3.0).answer["state"] == "duplicate"
+    with pytest.raises(RunConflict, match="different results"):
+        run.report(first["id"], other, now=3.0)
+    assert run.state is before
 
 
 @pytest.mark.parametrize(
@@ -239,27 +314,29 @@ def test_duplicate_report_is_accepted_once_and_changes_nothing():
         "r001-m00-a2",
         "r001-m07-a1",
         "r009-m00-a1",
+        "r-01-m00-a1",
     ],
 )
 def test_unknown_assignments_are_404_and_change_nothing(aid):
-    _, state = new_state(population=2)
-    finish_round(state)
-    first = take(state, "a")
-    before = frozen(state)
+    run = Run(population=2)
+    run.finish_round()
+    first = run.take("a")
+    before = run.state
     with pytest.raises(RunNotFound):
-        runs.report(state, aid, result_of(first), now=1.0)
+        run.report(aid, result_of(first), now=1.0)
     with pytest.raises(RunNotFound):
-        runs.heartbeat(state, aid, now=1.0)
-    assert frozen(state) == before
+        run.heartbeat(aid, now=1.0)
+    assert run.state is before
 
 
 GOOD_LOSSES = {"semantic": 1.0, "center": 2.0, "offset": 3.0}
+GOOD_URI = uri_of("runs/run1/checkpoints/r001-m00.pt")
 
 
 def report_with(**changes: Any) -> MemberReport:
     """A valid report of a trained member, with ``changes``; ``losses_`` changes one loss."""
     losses = {**GOOD_LOSSES, **changes.pop("losses_", {})}
-    values = {"losses": losses, "pq": 5.0, "checkpoint_uri": "file:///c.pt", **changes}
+    values = {"losses": losses, "pq": 5.0, "checkpoint_uri": GOOD_URI, **changes}
     return MemberReport(**values)
 
 
@@ -273,6 +350,8 @@ def report_with(**changes: Any) -> MemberReport:
         (report_with(losses_={"offset": -math.inf}), "losses.offset"),
         (report_with(losses_={"offset": 0.0}), "losses.offset"),
         (report_with(losses_={"offset": -1.0}), "losses.offset"),
+        (report_with(losses_={"offset": 1e-300}), "losses.offset"),
+        (report_with(losses_={"offset": 1e300}), "losses.offset"),
         (report_with(losses_={"offset": True}), "losses.offset"),
         (report_with(losses_={"offset": "1"}), "losses.offset"),
         (report_with(pq=-0.1), "pq"),
@@ -281,20 +360,28 @@ def report_with(**changes: Any) -> MemberReport:
         (report_with(pq=None), "pq"),
         (report_with(losses=None), "losses"),
         (report_with(checkpoint_uri=""), "checkpoint_uri"),
+        (report_with(checkpoint_uri="file:///etc/passwd"), "checkpoint_uri"),
+        (report_with(checkpoint_uri=f"{STORE_URI}/runs/run1/../other/x.pt"), "checkpoint_uri"),
+        (report_with(checkpoint_uri=f"{STORE_URI}/runs/run2/checkpoints/x.pt"), "checkpoint_uri"),
+        (report_with(checkpoint_uri="s3://other-bucket/runs/run1/x.pt"), "checkpoint_uri"),
         (report_with(metrics={"a": [math.nan]}), "metrics.a.0"),
+        (report_with(metrics={"a": "x" * 70_000}), "metrics"),
         (MemberReport(diverged=True, reason=""), "reason"),
         (MemberReport(diverged=True, reason="nan", pq=3.0), "pq"),
+        (MemberReport(failed=True, reason=None), "reason"),
+        (MemberReport(failed=True, reason="x", checkpoint_uri=GOOD_URI), "checkpoint_uri"),
+        (MemberReport(failed=True, diverged=True, reason="x"), "failed"),
     ],
 )
 def test_bad_reports_are_refused_by_name_and_change_nothing(report, loc):
-    _, state = new_state(population=2)
-    finish_round(state)
-    first = take(state, "a")
-    before = frozen(state)
+    run = Run(population=2)
+    run.finish_round()
+    first = run.take("a")
+    before = run.state
     with pytest.raises(RunInputError) as caught:
-        runs.report(state, first["id"], report, now=1.0)
+        run.report(first["id"], report, now=1.0)
     assert ".".join(map(str, caught.value.loc)) == loc
-    assert frozen(state) == before
+    assert run.state is before
 
 
 @pytest.mark.parametrize(
@@ -305,15 +392,20 @@ def test_bad_reports_are_refused_by_name_and_change_nothing(report, loc):
         ({"sigma": 0.0}, "sigma"),
         ({"sigma": -0.2}, "sigma"),
         ({"sigma": math.nan}, "sigma"),
+        ({"sigma": 1e308}, "sigma"),
         ({"sigma_mode": "sideways"}, "sigma_mode"),
         ({"policy_lr": 0.0}, "policy_lr"),
+        ({"policy_lr": 1e300}, "policy_lr"),
         ({"loss_names": ("a", "b", "a")}, "loss_names"),
         ({"loss_names": ()}, "loss_names"),
         ({"loss_names": ("a", " ")}, "loss_names.1"),
         ({"lease_seconds": 0}, "lease_seconds"),
+        ({"lease_seconds": 0.001}, "lease_seconds"),
         ({"reward_terms": "imp"}, "reward_terms"),
         ({"population": True}, "population"),
         ({"seed": -1}, "seed"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"strategy": "grid"}, "strategy"),
     ],
 )
 def test_bad_run_specs_are_refused_by_field(changes, loc):
@@ -323,244 +415,91 @@ def test_bad_run_specs_are_refused_by_field(changes, loc):
     assert ".".join(map(str, caught.value.loc)) == loc
 
 
+def test_options_of_another_strategy_are_refused():
+    with pytest.raises(RunInputError) as caught:
+        RunSpec.from_request({"loss_names": NAMES, "strategy": "pbt", "policy_lr": 0.01})
+    assert caught.value.loc == ("policy_lr",)
+    assert RunSpec.from_request({"loss_names": NAMES, "strategy": "pbt", "sigma": 0.3}).sigma == 0.3
+
+
 def test_diverged_member_gets_minus_one_and_never_wins():
-    spec, state = new_state(population=3)
-    finish_round(state)
-    assignments = [take(state, f"w{j}") for j in range(3)]
-    runs.report(state, assignments[0]["id"], MemberReport(diverged=True, reason="nan loss"), now=1)
+    run = Run(population=3)
+    run.finish_round()
+    assignments = [run.take(f"w{j}") for j in range(3)]
+    run.report(assignments[0]["id"], MemberReport(diverged=True, reason="nan loss"), now=1)
     for a in assignments[1:]:
-        runs.report(state, a["id"], result_of(a), now=1)
-    record = state["history"][1]
+        run.report(a["id"], result_of(a), now=1)
+    record = run.records[1]
     member0 = record["candidates"][0]
-    assert member0["diverged"] and member0["reward"] == -1.0 and member0["pq"] is None
+    assert member0["outcome"] == "diverged" and member0["reward"] == -1.0 and member0["pq"] is None
     pqs = [None] + [trained(a["weights"])[1] for a in assignments[1:]]
-    v0 = state["history"][0]["candidates"][0]["pq"]
-    expected = rewards(pqs, v0, 1, 2, spec.reward_terms)
-    assert [c["reward"] for c in record["candidates"][:3]] == expected
+    v0 = run.records[0]["candidates"][0]["pq"]
+    expected = rewards(pqs, v0, 1, 2, run.spec.reward_terms)
+    assert [c["reward"] for c in record["candidates"]] == expected
     assert record["best_member"] in (1, 2)
-    assert state["best"]["round"] == 1
+    assert run.state.best.round == 1
 
 
 def test_all_diverged_round_keeps_the_best_and_restarts_from_the_same_checkpoint():
-    _, state = new_state(population=2, rounds=3)
-    finish_round(state)
-    best0 = state["best"]
-    round1_start = (
-        state["current"]["draw"]["input_losses"],
-        state["current"]["draw"]["init_checkpoint_uri"],
-    )
-    round1_weights = state["current"]["draw"]["candidates"]
-    outcome = None
+    run = Run(population=2, rounds=3)
+    run.finish_round()
+    best0 = run.state.best
+    round1 = run.state.open
+    change = None
     for j in range(2):
-        a = take(state, f"w{j}")
-        outcome = runs.report(state, a["id"], MemberReport(diverged=True, reason="inf"), now=1)
-    assert outcome.completed_round == 1 and 1 in outcome.snapshots  # the policy still learned
-    assert state["history"][1]["best_member"] is None
-    assert state["best"] == best0
-    current = state["current"]
-    assert (current["draw"]["input_losses"], current["draw"]["init_checkpoint_uri"]) == round1_start
-    assert current["draw"]["init_checkpoint_uri"] == INIT_URI
-    assert current["draw"]["candidates"] != round1_weights  # a fresh draw from the updated policy
+        a = run.take(f"w{j}")
+        change = run.report(a["id"], MemberReport(diverged=True, reason="inf"), now=1)
+    assert change.completed_round == 1 and snapshot_of(change, 1) is not None  # still learned
+    assert run.records[1]["best_member"] is None
+    assert run.state.best == best0
+    opened = run.state.open
+    assert (opened.input_losses, opened.init_checkpoint_uri) == (
+        round1.input_losses,
+        round1.init_checkpoint_uri,
+    )
+    assert opened.init_checkpoint_uri == INIT_URI
+    assert opened.plan.candidates != round1.plan.candidates  # a fresh draw from the new policy
 
 
 def test_diverged_pseudo_epoch_fails_the_run():
-    _, state = new_state()
-    zero = take(state)
-    runs.report(state, zero["id"], MemberReport(diverged=True, reason="loss is nan"), now=1)
-    assert state["status"] == "failed" and "loss is nan" in state["failure"]
+    run = Run()
+    zero = run.take()
+    run.report(zero["id"], MemberReport(diverged=True, reason="loss is nan"), now=1)
+    assert run.state.status == "failed" and "loss is nan" in run.state.failure
     with pytest.raises(RunConflict, match="failed"):
-        runs.lease(state, "w", now=2, uri_of=uri_of)
-    assert (
-        runs.report(state, zero["id"], MemberReport(diverged=True, reason="x"), now=3).answer[
-            "state"
-        ]
-        == "duplicate"
-    )
+        run.lease("w", now=2)
+    repeat = run.report(zero["id"], MemberReport(diverged=True, reason="loss is nan"), now=3)
+    assert repeat.answer["state"] == "duplicate"
 
 
 def test_transfer_weights_need_a_snapshot_then_use_the_completed_rounds():
-    _, state = new_state(population=2, rounds=3)
-    finish_round(state)
+    run = Run(population=2, rounds=3)
+    run.finish_round()
     with pytest.raises(RunConflict, match="no policy snapshot"):
-        runs.transfer_weights_for(state, {}, GOOD_LOSSES, 0, 10)
-    snapshot = finish_round(state).snapshots
-    answer = runs.transfer_weights_for(state, snapshot, GOOD_LOSSES, 2, 10, mode="final")
-    expected = Policy.from_state_dict(
-        RunSpec.from_config(NAMES, state["config"]).policy_config(), state["policy"]
-    ).mean_weights([GOOD_LOSSES[n] for n in NAMES])
+        views.transfer_weights_for(run.state, {}, GOOD_LOSSES, 0, 10)
+    snapshot = {1: snapshot_of(run.finish_round(), 1)}
+    answer = views.transfer_weights_for(run.state, snapshot, GOOD_LOSSES, 2, 10, mode="final")
+    policy = Policy.from_state_dict(policy_config(run.spec), run.state.strategy_state["policy"])
+    expected = policy.mean_weights([GOOD_LOSSES[n] for n in NAMES])
     assert list(answer["weights"].values()) == pytest.approx(expected, rel=1e-12)
     assert answer["snapshots"] == 1
-    static = runs.transfer_weights_for(state, snapshot, None, 0, 10, mode="static-final")
-    assert static["weights"] == state["best"]["weights"]
+    static = views.transfer_weights_for(run.state, snapshot, None, 0, 10, mode="static-final")
+    assert tuple(static["weights"].values()) == run.state.best.weights
     with pytest.raises(RunInputError) as caught:
-        runs.transfer_weights_for(state, snapshot, GOOD_LOSSES, 11, 10)
+        views.transfer_weights_for(run.state, snapshot, GOOD_LOSSES, 11, 10)
     assert caught.value.loc == ("epoch",)
-    with pytest.raises(RunInputError):
-        runs.transfer_weights_for(state, snapshot, None, 1, 10, mode="ensemble")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_repository_writes_before_answering_and_a_new_one_continues(tmp_path):
-    store = FileStore(tmp_path)
-    clock = Clock()
-    repo = runs.RunRepository(store, clock=clock, new_id=lambda: "run1")
-    run = repo.create(RunSpec(loss_names=NAMES, population=2, rounds=2, lease_seconds=10))
-    assert run["config"]["seed"] is not None  # random but recorded
-    key = run_state_key("run1")
-
-    zero = repo.lease("run1", "w")["assignment"]
-    assert store.get_json(key)["current"]["members"][0]["assignment_id"] == zero["id"]
-    repo.report("run1", zero["id"], result_of(zero))
-    first = repo.lease("run1", "w")["assignment"]
-
-    before = store.get(key)
-    with pytest.raises(RunInputError):
-        repo.report("run1", first["id"], MemberReport(losses=GOOD_LOSSES, pq=math.nan))
-    with pytest.raises(RunNotFound):
-        repo.lease("../run1", "w")
-    assert store.get(key) == before
-
-    # a second repository on the same store (a restarted service) takes over
-    clock.now += 1
-    restarted = runs.RunRepository(store, clock=clock)
-    assert [r["id"] for r in restarted.list()] == ["run1"]
-    assert restarted.report("run1", first["id"], result_of(first))["state"] == "accepted"
-    while (answer := restarted.lease("run1", "w"))["state"] == "assigned":
-        restarted.report("run1", answer["assignment"]["id"], result_of(answer["assignment"]))
-    assert answer == {"state": "finished"}
-    assert store.exists(policy_snapshot_key("run1", 1)) and store.exists(
-        policy_snapshot_key("run1", 2)
-    )
-    assert store.get_json(key)["status"] == "finished"
-    document = restarted.policy("run1")
-    assert [s["round"] for s in document["snapshots"]] == [1, 2]
-    stored = store.get_json(policy_snapshot_key("run1", 2))
-    assert document["snapshots"][1]["layers"] == stored["layers"]
-
-
-def test_state_encoder_matches_plain_json_at_every_step():
-    _, state = new_state(population=3, rounds=2)
-    encoder = runs.StateEncoder()
-    steps = 0
-    while state["status"] == "running":
-        assert json.loads(encoder.encode(state)) == json.loads(json.dumps(state))
-        assignment = take(state, "w")
-        steps += 1
-        if steps % 2:  # heartbeat changes an open member, not the cached draw
-            runs.heartbeat(state, assignment["id"], now=1.0)
-            assert json.loads(encoder.encode(state)) == json.loads(json.dumps(state))
-        runs.report(state, assignment["id"], result_of(assignment), now=2.0)
-    assert json.loads(encoder.encode(state)) == json.loads(json.dumps(state))
-    state["history"][0]["candidates"][0]["pq"] = math.nan
-    with pytest.raises(ValueError):  # strict JSON or nothing
-        runs.StateEncoder().encode(state)
-
-
-def test_concurrent_workers_finish_a_run_and_the_store_has_every_change(tmp_path):
-    store = FileStore(tmp_path)
-    repo = runs.RunRepository(store, new_id=lambda: "run1")
-    repo.create(RunSpec(loss_names=NAMES, population=6, rounds=2, seed=5))
-    answers: list[dict[str, Any]] = []
-
-    def work(name: str) -> None:
-        while (answer := repo.lease("run1", name))["state"] != "finished":
-            if answer["state"] == "wait":
-                time.sleep(0.01)
-                continue
-            assignment = answer["assignment"]
-            answers.append(repo.report("run1", assignment["id"], result_of(assignment)))
-
-    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(answers) == 1 + 6 * 2 and all(a["state"] == "accepted" for a in answers)
-    stored = store.get_json(run_state_key("run1"))
-    assert stored["status"] == "finished"
-    assert runs.run_record(stored) == repo.get("run1")
-
-
-def test_a_failed_state_write_answers_503_and_changes_nothing(tmp_path):
-    store = FileStore(tmp_path)
-    repo = runs.RunRepository(store, new_id=lambda: "run1")
-    repo.create(RunSpec(loss_names=NAMES, population=2, rounds=1, seed=5))
-    run_dir = tmp_path / "runs" / "run1"
-    run_dir.rename(tmp_path / "away")
-    run_dir.write_text("not a directory")  # every write (and read) under runs/run1/ now fails
-    with pytest.raises(StoreError):
-        repo.lease("run1", "w")
-    run_dir.unlink()
-    (tmp_path / "away").rename(run_dir)
-    # the issuance that could not be written never happened: the same id is issued again
-    assert repo.lease("run1", "w")["assignment"]["id"] == "r000-m00-a1"
-    assert store.get_json(run_state_key("run1"))["current"]["members"][0]["attempts"] == 1
-
-
-def test_lease_many_serves_held_workers_in_one_transaction(tmp_path):
-    store = FileStore(tmp_path)
-    repo = runs.RunRepository(store, new_id=lambda: "run1")
-    repo.create(RunSpec(loss_names=NAMES, population=3, rounds=1, seed=5))
-    zero = repo.lease("run1", "a")["assignment"]
-    repo.report("run1", zero["id"], result_of(zero))
-    mine = repo.lease("run1", "b")["assignment"]
-    answers = repo.lease_many("run1", ["b", "c", "d", "e"])
-    assert answers["b"]["assignment"]["id"] == mine["id"]  # b keeps what it holds
-    assert [answers[w]["assignment"]["member"] for w in ("c", "d")] == [1, 2]
-    assert answers["e"]["state"] == "wait"
-    members = store.get_json(run_state_key("run1"))["current"]["members"]
-    assert [m["worker"] for m in members] == ["b", "c", "d"]  # written before answering
-
-
-def test_invalid_draws_are_in_the_run_record_with_reward_minus_one():
-    # std 2 around lambda ~ 1: about a third of the components fall <= 0, so a round of
-    # 3 members has invalid draws for this seed (asserted below, so the test has teeth)
-    spec, state = new_state(population=3, rounds=1, sigma=2.0)
-    finish_round(state)  # round 0
-    inputs = _vector_of(state["current"]["draw"]["input_losses"])
-    replay = Policy(spec.policy_config(), 11)
-    draw = replay.sample(replay.mean_weights(inputs), 3)
-    assert draw.invalid and not draw.clipped_members
-    outcome = finish_round(state)
-
-    record = runs.run_record(state)["history"][1]
-    schemas.RunRecord.model_validate(runs.run_record(state))  # what GET /v1/runs/{id} answers
-    trained, invalid = record["candidates"][:3], record["candidates"][3:]
-    assert all(c["valid"] for c in trained)
-    assert record["invalid_draws"] == len(invalid) == len(draw.invalid)
-    assert [c["member"] for c in invalid] == draw.invalid_members
-    assert [_vector_of(c["weights"]) for c in invalid] == draw.invalid
-    for candidate in invalid:
-        assert candidate["valid"] is False and candidate["reward"] == -1.0
-        assert set(candidate) == {"member", "weights", "valid", "reward"}  # never trained
-        assert min(candidate["weights"].values()) <= 0
-
-    # Eq. 6 used them at -1: pi^1 is the update over trained + invalid, not trained only
-    member_rewards = [c["reward"] for c in trained]
-    replay.update(inputs, draw.candidates + draw.invalid, member_rewards + [-1.0] * len(invalid))
-    assert outcome.snapshots == {1: replay.snapshot()}
-    trained_only = Policy(spec.policy_config(), 11)
-    trained_only.update(inputs, draw.candidates, member_rewards)
-    assert trained_only.snapshot() != replay.snapshot()
-
-
-def _vector_of(values: dict[str, float]) -> list[float]:
-    return [values[name] for name in NAMES]
+    with pytest.raises(RunInputError) as caught:
+        views.transfer_weights_for(run.state, snapshot, None, 1, 10, mode="ensemble")
+    assert caught.value.loc == ("losses",)
 
 
 def test_defaults_are_the_papers_but_four_and_every_layer_agrees():
-    """DESIGN.md pins the paper's settings; a run's defaults differ in the four controller
-    settings the effectiveness benchmark chose (RunSpec's docstring says why). The pure
-    config keeps the paper's, PAPER_SETTINGS brings a run back to them, and the run spec
-    and the HTTP schema agree on the defaults."""
+    """The paper's settings stay selectable; a run's defaults differ in four Ada-Segment
+    settings (RunSpec's docstring says why). The pure config keeps the paper's,
+    PAPER_SETTINGS brings a run back to them, and the run spec and the HTTP schema agree
+    on every default."""
     run_defaults = {
+        "strategy": "ada-segment",
         "population": 8,
         "rounds": 12,
         "sigma": 0.5,
@@ -570,8 +509,10 @@ def test_defaults_are_the_papers_but_four_and_every_layer_agrees():
         "policy_steps": 1,
         "hidden": 16,
         "reward_terms": "local",
+        "lease_seconds": 600.0,
+        "max_attempts": 3,
     }
-    assert dict(runs.PAPER_SETTINGS) == {
+    assert dict(PAPER_SETTINGS) == {
         "sigma": 0.2,
         "sigma_mode": "absolute",
         "policy_lr": 5e-2,
@@ -585,7 +526,7 @@ def test_defaults_are_the_papers_but_four_and_every_layer_agrees():
         "absolute",
     )
     assert (paper.hidden, paper.steps, paper.max_draws, paper.floor) == (16, 1, 100, 1e-3)
-    assert RunSpec(loss_names=NAMES, **runs.PAPER_SETTINGS).policy_config() == paper
+    assert policy_config(RunSpec(loss_names=NAMES, **PAPER_SETTINGS)) == paper
     spec = RunSpec(loss_names=NAMES)
     assert {key: spec.config()[key] for key in run_defaults} == run_defaults
 
@@ -597,5 +538,5 @@ def test_defaults_are_the_papers_but_four_and_every_layer_agrees():
     # Eq. 7's gamma 0.9 for POST /weights, in the schema and every layer below it
     assert schemas.WeightsRequest(epoch=0, epochs=1).gamma == 0.9
     assert schemas.WeightsRequest.model_json_schema()["properties"]["gamma"]["default"] == 0.9
-    for function in (runs.transfer_weights_for, runs.RunRepository.weights, transfer_weights):
+    for function in (views.transfer_weights_for, RunRepository.weights, transfer_weights):
         assert inspect.signature(function).parameters["gamma"].default == 0.9, function

@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from controller_service.client import ControllerClient, Unauthorized
-from controller_service.layout import run_state_key
-from controller_service.settings import DEFAULT_LEASE_HOLD_SECONDS
-from controller_service.store import FileStore
+from controller_service.api.settings import DEFAULT_LEASE_HOLD_SECONDS
+from controller_service.contract.client import ControllerClient, Unauthorized
+from controller_service.contract.keys import run_state_key
+from controller_service.contract.store import FileStore
 from tests.fixtures.controller import ControllerProcess, start_controller
 
 NAMES = ["semantic", "center", "offset"]
@@ -61,14 +61,19 @@ def open_run(service: ControllerProcess) -> dict[str, Any]:
     """A run past its pseudo epoch, with member 0 of round 1 leased: ``{run, assignment}``."""
     client = ControllerClient(service.url)
     run = client.create_run(NAMES, population=2, rounds=2, seed=3, name="api")
-    zero = client.lease(run["id"], "w0")["assignment"]
-    client.report(run["id"], zero["id"], LOSSES, 30.0, zero["checkpoint_uri"])
-    assignment = client.lease(run["id"], "w1")["assignment"]
-    return {"run": run["id"], "assignment": assignment["id"]}
+    zero = client.lease(run.id, "w0").assignment
+    client.report(run.id, zero.id, LOSSES, 30.0, zero.checkpoint_uri)
+    assignment = client.lease(run.id, "w1").assignment
+    return {"run": run.id, "assignment": assignment.id, "checkpoint": assignment.checkpoint_uri}
+
+
+CHECKPOINT = "__checkpoint_uri__"  # replaced by the open run's own checkpoint URI
 
 
 def post(service: ControllerProcess, path: str, body: Any, **kw: Any) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    if "checkpoint" in kw:
+        content = content.replace(CHECKPOINT, kw.pop("checkpoint"))
     headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
     return httpx.post(service.url + path, content=content, headers=headers, timeout=10, **kw)
 
@@ -97,14 +102,14 @@ REJECTED_REPORTS = 'adaseg_reports_total{outcome="rejected"}'
 
 
 def good_report(**changes: Any) -> dict[str, Any]:
-    return {"losses": dict(LOSSES), "pq": 41.0, "checkpoint_uri": "file:///m.pt", **changes}
+    return {"losses": dict(LOSSES), "pq": 41.0, "checkpoint_uri": CHECKPOINT, **changes}
 
 
 def raw_report(loss_token: str) -> str:
     """A report whose ``center`` loss is a bare JSON token such as NaN or -Infinity."""
     return (
         '{"losses": {"semantic": 1.0, "center": ' + loss_token + ', "offset": 1.0}, '
-        '"pq": 40.0, "checkpoint_uri": "file:///m.pt"}'
+        '"pq": 40.0, "checkpoint_uri": "' + CHECKPOINT + '"}'
     )
 
 
@@ -126,6 +131,14 @@ BAD_REPORTS = [
     pytest.param(good_report(checkpoint_uri=5), 422, "checkpoint_uri", id="uri-number"),
     pytest.param(good_report(lossses={}), 422, "lossses", id="unknown-field"),
     pytest.param(good_report(metrics={"x": math.inf}), 422, "metrics", id="metrics-inf"),
+    pytest.param(good_report(checkpoint_uri="file:///etc/passwd"), 422, "checkpoint_uri",
+                 id="uri-outside-the-store"),
+    pytest.param(good_report(checkpoint_uri="s3://other-bucket/x.pt"), 422, "checkpoint_uri",
+                 id="uri-other-bucket"),
+    pytest.param(good_report(losses_hold=1), 422, "losses_hold", id="unknown-field-2"),
+    pytest.param({"failed": True}, 422, "reason", id="failed-without-reason"),
+    pytest.param({"failed": True, "diverged": True, "reason": "x"}, 422, "failed",
+                 id="failed-and-diverged"),
     pytest.param({"diverged": "yes", "reason": "x"}, 422, "diverged", id="diverged-string"),
     pytest.param({"diverged": True}, 422, "reason", id="diverged-without-reason"),
     pytest.param('{"losses": {"semantic": 1.0,', 422, "json", id="malformed-json"),
@@ -137,7 +150,7 @@ BAD_REPORTS = [
 def test_bad_reports_are_refused_and_change_nothing(service, store, open_run, body, status, named):
     before = snapshot_store(store)
     path = f"/v1/runs/{open_run['run']}/assignments/{open_run['assignment']}/report"
-    response = post(service, path, body)
+    response = post(service, path, body, checkpoint=open_run["checkpoint"])
     assert response.status_code == status, response.text
     assert named in detail_text(response).lower()
     assert snapshot_store(store) == before
@@ -157,7 +170,7 @@ def test_unknown_run_assignment_and_oversized_bodies_are_refused(service, store,
         (f"/v1/runs/{run}/leases", {}, 422),
     ]
     for path, body, status in cases:
-        response = post(service, path, body)
+        response = post(service, path, body, checkpoint=open_run["checkpoint"])
         assert response.status_code == status, (path, response.text)
         assert response.json()["detail"]
     for path in ("/v1/runs/nope", "/v1/runs/..%2F..%2Fetc", "/v1/runs/nope/policy"):
@@ -193,6 +206,14 @@ BAD_RUNS = [
     pytest.param({"loss_names": []}, "loss_names", id="no-losses"),
     pytest.param({"loss_names": ["a", ""]}, "loss_names", id="empty-name"),
     pytest.param({"loss_names": NAMES, "lease_seconds": 0}, "lease_seconds", id="lease-0"),
+    pytest.param({"loss_names": NAMES, "lease_seconds": 0.001}, "lease_seconds", id="lease-1ms"),
+    pytest.param({"loss_names": NAMES, "policy_lr": 1e300}, "policy_lr", id="policy-lr-huge"),
+    pytest.param({"loss_names": NAMES, "sigma": 1e308, "sigma_mode": "absolute"}, "sigma",
+                 id="sigma-huge"),
+    pytest.param({"loss_names": NAMES, "strategy": "pbt", "policy_lr": 0.1}, "policy_lr",
+                 id="option-of-another-strategy"),
+    pytest.param({"loss_names": NAMES, "strategy": "grid"}, "strategy", id="unknown-strategy"),
+    pytest.param({"loss_names": NAMES, "max_attempts": 0}, "max_attempts", id="attempts-0"),
     pytest.param({"loss_names": NAMES, "population": "8"}, "population", id="population-string"),
     pytest.param({"loss_names": NAMES, "population": 2.5}, "population", id="population-float"),
     pytest.param({"loss_names": NAMES, "reward_terms": "imp"}, "reward_terms", id="reward-terms"),
@@ -235,13 +256,16 @@ def test_probes_metrics_and_openapi(service, open_run):
     assert httpx.get(service.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(service.url + "/readyz").json() == {"status": "ready"}
     run = ControllerClient(service.url).get_run(open_run["run"])
-    path = f"/v1/runs/{run['id']}/assignments/{open_run['assignment']}/report"
-    assert post(service, path, good_report(pq=-5)).status_code == 422
+    path = f"/v1/runs/{run.id}/assignments/{open_run['assignment']}/report"
+    assert (
+        post(service, path, good_report(pq=-5), checkpoint=open_run["checkpoint"]).status_code
+        == 422
+    )
 
     samples = metric_samples(service)
     assert samples['adaseg_runs{status="running"}'] >= 1
-    assert samples[f'adaseg_run_best_pq{{run="{run["id"]}"}}'] == run["best"]["pq"]
-    assert samples[f'adaseg_run_rounds_completed{{run="{run["id"]}"}}'] == len(run["history"])
+    assert samples[f'adaseg_run_best_pq{{run="{run.id}"}}'] == run.best.pq
+    assert samples[f'adaseg_run_rounds_completed{{run="{run.id}"}}'] == run.completed_rounds
     assert samples["adaseg_leases_issued_total"] >= 2
     assert samples['adaseg_reports_total{outcome="accepted"}'] >= 1
     assert samples[REJECTED_REPORTS] >= 1
@@ -257,11 +281,20 @@ def test_probes_metrics_and_openapi(service, open_run):
         "/v1/runs/{run_id}/assignments/{assignment_id}/report",
         "/v1/runs/{run_id}/policy",
         "/v1/runs/{run_id}/weights",
+        "/v1/runs/{run_id}/rounds",
+        "/v1/runs/{run_id}/rounds/current",
+        "/v1/runs/{run_id}/rounds/{round_}",
         "/healthz",
         "/readyz",
     ]:
         assert expected in paths, expected
     assert httpx.get(service.url + "/docs").status_code == 200
+    # without a token, no operation claims to need one; the bounds are in the schema
+    openapi = httpx.get(service.url + "/openapi.json").json()
+    assert all("security" not in op for item in paths.values() for op in item.values())
+    create = openapi["components"]["schemas"]["CreateRunRequest"]["properties"]
+    assert create["population"]["minimum"] == 2 and create["lease_seconds"]["minimum"] == 1.0
+    assert create["sigma"]["maximum"] == 1000.0 and create["policy_lr"]["exclusiveMinimum"] == 0
 
 
 def test_token_auth_guards_v1_only(controller_factory):
@@ -306,8 +339,8 @@ def test_auth_is_checked_before_the_body_is_parsed_or_measured(secured):
 
 def test_refused_tokens_leave_the_run_and_the_store_byte_identical(secured):
     client = ControllerClient(secured.url, token=TOKEN)
-    run = client.create_run(NAMES, population=2, rounds=1, seed=5, name="auth")["id"]
-    zero = client.lease(run, "w0")["assignment"]
+    run = client.create_run(NAMES, population=2, rounds=1, seed=5, name="auth").id
+    zero = client.lease(run, "w0").assignment.model_dump()
     store = store_of(secured)
     state_before, before = store.get(run_state_key(run)), snapshot_store(store)
 
@@ -330,19 +363,20 @@ def test_refused_tokens_leave_the_run_and_the_store_byte_identical(secured):
             assert response.status_code == 401, (path, headers, response.text)
             assert store.get(run_state_key(run)) == state_before, (path, headers)
     assert snapshot_store(store) == before
-    assert client.get_run(run)["current"]["members"] == {"pending": 0, "leased": 1, "done": 0}
+    members = client.get_run(run).current.members
+    assert members == {"pending": 0, "leased": 1, "done": 0, "failed": 0}
 
-    # with the token the same heartbeat does change the state: the comparison has teeth
+    # with the token the same heartbeat does change the store: the comparison has teeth
     time.sleep(0.01)  # a later clock, so the new deadline differs
-    assert client.heartbeat(run, zero["id"])["state"] == "leased"
-    assert store.get(run_state_key(run)) != state_before
+    assert client.heartbeat(run, zero["id"]).state == "leased"
+    assert snapshot_store(store) != before
 
 
 def test_a_lease_held_without_work_answers_wait_after_the_configured_hold(controller_factory):
     hold = 0.3
     controller = controller_factory(env={"ADASEG_LEASE_HOLD_SECONDS": str(hold)})
     client = ControllerClient(controller.url)
-    run = client.create_run(NAMES, population=2, rounds=1, seed=9)["id"]
+    run = client.create_run(NAMES, population=2, rounds=1, seed=9).id
     client.lease(run, "first")  # the pseudo epoch's only member is out
 
     began = time.monotonic()
@@ -357,8 +391,8 @@ def test_a_lease_held_without_work_answers_wait_after_the_configured_hold(contro
 
 def test_a_lease_without_work_is_held_until_the_round_completes(service):
     client = ControllerClient(service.url, timeout=30)
-    run = client.create_run(NAMES, population=2, rounds=1, seed=9)["id"]
-    zero = client.lease(run, "first")["assignment"]  # the pseudo epoch's only member
+    run = client.create_run(NAMES, population=2, rounds=1, seed=9).id
+    zero = client.lease(run, "first").assignment  # the pseudo epoch's only member
     held: dict[str, Any] = {}
 
     def wait_for_work() -> None:
@@ -369,7 +403,7 @@ def test_a_lease_without_work_is_held_until_the_round_completes(service):
     waiter.start()
     time.sleep(0.3)  # the second worker is now held: round 0 has no free member
     assert waiter.is_alive()
-    client.report(run, zero["id"], LOSSES, 25.0, zero["checkpoint_uri"])
+    client.report(run, zero.id, LOSSES, 25.0, zero.checkpoint_uri)
     waiter.join(timeout=10)
     assert held["answer"]["state"] == "assigned"
     assert held["answer"]["assignment"]["round"] == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller_service.settings import (
+from controller_service.api.settings import (
     DEFAULT_LEASE_HOLD_SECONDS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PORT,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller_service.store import FileStore, ObjectNotFound, StoreError, open_store
+from controller_service.contract.store import FileStore, ObjectNotFound, StoreError, open_store
 
 
 @pytest.fixture(params=["file", "s3"])

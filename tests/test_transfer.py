@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from controller_service.client import ControllerClient
-from controller_service.store import open_store
+from controller_service.contract.client import ControllerClient
+from controller_service.contract.store import open_store
 from tests.fixtures.controller import ControllerProcess, start_controller
 from tests.fixtures.data import real_sample_layout
 from trainer_image.checkpoint import load_checkpoint

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from controller_service.store import ObjectNotFound, ObjectStore, StoreError
+from controller_service.contract.store import ObjectNotFound, ObjectStore, StoreError
 
 FORMAT = "adaseg-checkpoint/v1"
 MAGIC = b"ADASEG-CKPT "

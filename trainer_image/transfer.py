@@ -32,8 +32,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from controller_service import layout
-from controller_service.store import ObjectStore
+from controller_service.contract import keys
+from controller_service.contract.store import ObjectStore
 from trainer_image.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -114,10 +114,10 @@ class ControllerWeights:
             self.policy_run, losses, epoch=epoch, epochs=self.epochs, mode=self.mode,
             gamma=self.gamma,
         )  # fmt: skip
-        self.clipped.append(list(answer.get("clipped") or []))
-        if answer.get("clipped"):
-            log.warning("controller clipped weights %s to the floor", answer["clipped"])
-        return {name: float(value) for name, value in answer["weights"].items()}
+        self.clipped.append(list(answer.clipped))
+        if answer.clipped:
+            log.warning("controller clipped weights %s to the floor", answer.clipped)
+        return {name: float(value) for name, value in answer.weights.items()}
 
 
 @dataclass
@@ -355,7 +355,7 @@ def run_job(
     ``make_source(model, dist)`` builds the weight source once the model exists
     (static strategies need its losses and layers).
     """
-    metrics_key = layout.transfer_key(options.job_id, METRICS)
+    metrics_key = keys.transfer_key(options.job_id, METRICS)
     if store.exists(metrics_key):
         metrics = store.get_json(metrics_key)
         log.info("%s exists: job %s is done", store.uri_of(metrics_key), options.job_id)
@@ -405,7 +405,7 @@ def _run(
         distributed=dist.active,
     )
     history = History()
-    last_key = layout.transfer_key(options.job_id, LAST)
+    last_key = keys.transfer_key(options.job_id, LAST)
     if store.exists(last_key):
         history = _resume(store, last_key, model, trainer, strategy_module, source)
         log.info("resumed %s after epoch %d", options.job_id, len(history.losses))
@@ -464,7 +464,7 @@ def _run(
             weights=history.weights[-1] if history.weights else None,
             extra={"job": options.job_id, **options.metadata},
         )
-        save_checkpoint(store, layout.transfer_key(options.job_id, FINAL), final)
+        save_checkpoint(store, keys.transfer_key(options.job_id, FINAL), final)
     else:
         log.error("training diverged: %s", history.diverged)
     metrics = {
@@ -486,15 +486,15 @@ def _run(
         "val_split": options.val_split,
         "seed": seed,
         "final_checkpoint": (
-            store.uri_of(layout.transfer_key(options.job_id, FINAL))
+            store.uri_of(keys.transfer_key(options.job_id, FINAL))
             if history.diverged is None
             else None
         ),
         **options.metadata,
     }
-    store.put_json(layout.transfer_key(options.job_id, METRICS), metrics)
-    store.delete(layout.transfer_key(options.job_id, LAST))
-    log.info("metrics written to %s", store.uri_of(layout.transfer_key(options.job_id, METRICS)))
+    store.put_json(keys.transfer_key(options.job_id, METRICS), metrics)
+    store.delete(keys.transfer_key(options.job_id, LAST))
+    log.info("metrics written to %s", store.uri_of(keys.transfer_key(options.job_id, METRICS)))
     return JobResult(1 if history.diverged else 0, metrics)
 
 

@@ -89,8 +89,8 @@ def run_cli_job(
     """Shared shell of ``transfer`` and ``train``: logging, errors, SIGTERM, printing metrics."""
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(args.log_level, quiet=rank != 0)
-    from controller_service.client import ControllerError
-    from controller_service.store import StoreError, open_store
+    from controller_service.contract.client import ControllerError
+    from controller_service.contract.store import StoreError, open_store
     from trainer_image.checkpoint import CheckpointError
     from trainer_image.data.coco_panoptic import DatasetError
     from trainer_image.session import SetupError
@@ -129,19 +129,19 @@ def main(args: argparse.Namespace) -> int:
     def make_source(model: Any, dist: Any) -> ControllerWeights:
         client = None
         if dist.main:  # only rank 0 talks to the controller
-            from controller_service.client import ControllerClient
+            from controller_service.contract.client import ControllerClient
 
             client = ControllerClient(args.controller)
             clients.append(client)
             run = client.get_run(args.policy_run)
-            if run["status"] != "finished":
+            if run.status != "finished":
                 raise ValueError(
-                    f"run {args.policy_run} is {run['status']}, not finished: its policy "
+                    f"run {args.policy_run} is {run.status}, not finished: its policy "
                     "snapshots are incomplete"
                 )
-            if list(run["loss_names"]) != list(model.loss_names):
+            if list(run.loss_names) != list(model.loss_names):
                 raise ValueError(
-                    f"run {args.policy_run} has losses {run['loss_names']}, the model "
+                    f"run {args.policy_run} has losses {run.loss_names}, the model "
                     f"{list(model.loss_names)}"
                 )
         return ControllerWeights(

@@ -35,15 +35,15 @@ from typing import Any
 
 import torch
 
-from controller_service import layout
-from controller_service.client import (
+from controller_service.contract import keys
+from controller_service.contract.client import (
     ClientError,
     Conflict,
     ControllerClient,
     ControllerError,
     NotFound,
 )
-from controller_service.store import ObjectStore
+from controller_service.contract.store import ObjectStore
 from trainer_image.checkpoint import Checkpoint, capture_rng_state, load_checkpoint, save_checkpoint
 from trainer_image.data.coco_panoptic import PanopticSplit
 from trainer_image.evaluation import GroundTruthCache, evaluate_pq
@@ -184,22 +184,21 @@ class Worker:
     def run(self) -> int:
         """Lease and work until the run is finished; returns the process exit code."""
         run = self.client.get_run(self.options.run)  # NotFound: the caller names the run
-        config = run.get("config") or {}
         self.seed = (
-            self.options.data.seed if self.options.data.seed is not None else config.get("seed")
+            self.options.data.seed if self.options.data.seed is not None else run.config.get("seed")
         ) or 0
-        self.loss_names = list(run["loss_names"])
+        self.loss_names = list(run.loss_names)
         log.info(
             "worker %s on run %s (%s, round %s of %s, population %s), device %s",
             self.options.worker_id,
-            run["id"],
-            run.get("status"),
-            run.get("round"),
-            run.get("rounds"),
-            run.get("population"),
+            run.id,
+            run.status,
+            run.round,
+            run.rounds,
+            run.population,
             self.device,
         )
-        if run.get("status") != "finished":
+        if run.status != "finished":
             # data and flags that cannot work fail here, before a lease is taken and left to expire
             self._data()
         done = 0
@@ -208,17 +207,16 @@ class Worker:
                 log.info("did %d assignments (--max-assignments); exiting", done)
                 return EXIT_OK
             answer = self.client.lease(self.options.run, self.options.worker_id)
-            state = answer.get("state")
-            if state == "finished":
+            if answer.state == "finished":
                 log.info("run %s is finished; exiting", self.options.run)
                 return EXIT_OK
-            if state == "wait":
-                delay = min(float(answer.get("retry_after") or 1.0), self.options.max_wait_seconds)
+            if answer.state == "wait":
+                delay = min(float(answer.retry_after or 1.0), self.options.max_wait_seconds)
                 self.stop.terminated.wait(max(delay, 0.05))
                 continue
-            if state != "assigned" or not answer.get("assignment"):
+            if answer.assignment is None:
                 raise ControllerError(f"unexpected lease answer {answer!r}")
-            self.work(answer["assignment"])
+            self.work(answer.assignment.model_dump())
             done += 1
         return EXIT_TERMINATED
 
@@ -386,7 +384,7 @@ class Worker:
         key = (
             self.store.key_of(target)
             if target
-            else layout.member_checkpoint_key(run_id, round_, member)
+            else keys.member_checkpoint_key(run_id, round_, member)
         )
         uri = save_checkpoint(self.store, key, checkpoint)
         log.info("%s phase=save %s", label, uri)

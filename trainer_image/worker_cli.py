@@ -154,8 +154,8 @@ def fail(command: str, message: object, code: int) -> int:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
-    from controller_service.client import ControllerClient, ControllerError, NotFound
-    from controller_service.store import StoreError, open_store
+    from controller_service.contract.client import ControllerClient, ControllerError, NotFound
+    from controller_service.contract.store import StoreError, open_store
     from trainer_image.checkpoint import CheckpointError
     from trainer_image.data.coco_panoptic import DatasetError
     from trainer_image.data.split import parse_proxy_val

@@ -103,7 +103,7 @@ def evaluate_checkpoint(ctx: Context, uri: str, threads: int) -> dict[str, float
     """PQ of a stored checkpoint on the held-out split (Ada-Segment-A, PBT's best model)."""
     import torch
 
-    from controller_service.store import open_store
+    from controller_service.contract.store import open_store
     from trainer_image.checkpoint import load_checkpoint
     from trainer_image.evaluation import evaluate_pq
     from trainer_image.session import model_from_checkpoint, open_split
@@ -130,8 +130,8 @@ def _train_args(ctx: Context, cell: Cell, *extra: str) -> list[str]:
 
 
 def _job_metrics(ctx: Context, job_id: str) -> dict[str, Any]:
-    from controller_service.layout import transfer_key
-    from controller_service.store import open_store
+    from controller_service.contract.keys import transfer_key
+    from controller_service.contract.store import open_store
 
     return open_store(ctx.store_uri).get_json(transfer_key(job_id, "metrics.json"))
 
@@ -216,7 +216,7 @@ def _dependency(ctx: Context, key: str) -> dict[str, Any]:
 
 
 def _client(ctx: Context) -> Any:
-    from controller_service.client import ControllerClient
+    from controller_service.contract.client import ControllerClient
 
     if ctx.controller_url is None:
         raise RuntimeError("this cell needs the controller (--controller URL)")

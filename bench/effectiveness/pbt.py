@@ -132,7 +132,7 @@ def open_next_round(state: dict[str, Any], config: PbtConfig) -> dict[str, Any] 
 
 def assignment(config: PbtConfig, record: Mapping[str, Any], member: int, uri_of: Any) -> dict:
     """What the controller would lease for this member (the worker's input)."""
-    from controller_service.layout import member_checkpoint_key
+    from controller_service.contract.keys import member_checkpoint_key
     from controller_service.runs import schedule_position
 
     round_ = record["round"]
@@ -212,7 +212,7 @@ _WORKER: Any = None  # one per pool process: it keeps the decoded proxy-val grou
 def _init_process(config: PbtConfig, store_uri: str, data: Any, batch_size: int) -> None:
     import torch
 
-    from controller_service.store import open_store
+    from controller_service.contract.store import open_store
     from trainer_image.worker import Worker, WorkerOptions
     from trainer_image.worker_cli import setup_logging
 
@@ -244,8 +244,8 @@ def run_pbt(
     ``data`` is the workers' ``DataOptions`` (the proxy split is carved from
     its ``split`` with the run's seed, as the exploration's workers do).
     """
-    from controller_service.layout import init_checkpoint_key
-    from controller_service.store import open_store
+    from controller_service.contract.keys import init_checkpoint_key
+    from controller_service.contract.store import open_store
 
     store = open_store(store_uri)
     if state_path.exists():

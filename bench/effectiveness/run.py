@@ -192,7 +192,7 @@ def ensure_data(scale: Scale, paths: Paths, children: ChildProcesses) -> None:
 
 def start_controller(paths: Paths, children: ChildProcesses) -> tuple[str, object]:
     """A controller on the scale's store (runs of earlier invocations continue)."""
-    from controller_service.client import ControllerClient
+    from controller_service.contract.client import ControllerClient
     from controller_service.net import free_port
 
     port = free_port()

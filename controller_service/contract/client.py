@@ -1,5 +1,6 @@
 """Python client of the controller's REST API v1, for trainers, pipelines, the demo and
-external training loops.
+external training loops. Answers are the typed models of
+:mod:`controller_service.contract.schemas`; path parameters are URL-encoded.
 
 Connection errors and 5xx answers are retried with exponential backoff
 (``backoff * 2**k`` seconds, ``retries`` times): the controller may be
@@ -24,9 +25,15 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from controller_service.contract import schemas
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class ControllerError(Exception):
@@ -153,6 +160,11 @@ class ControllerClient:
             f"{method} {self.base_url}{path} failed after {retries + 1} attempts: {last}"
         )
 
+    def _call(
+        self, model: type[Model], method: str, path: str, body: Any = None, **kw: Any
+    ) -> Model:
+        return model.model_validate(self._request(method, path, body, **kw))
+
     # -- API --
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -171,28 +183,52 @@ class ControllerClient:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def create_run(self, loss_names: Sequence[str], **options: Any) -> dict[str, Any]:
-        """``options``: population, rounds, sigma, sigma_mode, policy_lr, policy_weight_decay,
-        policy_steps, hidden, seed, lease_seconds, reward_terms, name."""
+    def create_run(self, loss_names: Sequence[str], **options: Any) -> schemas.RunRecord:
+        """``options``: the fields of :class:`~controller_service.contract.schemas.CreateRunRequest`
+        (strategy, population, rounds, sigma, ..., name)."""
         body = {"loss_names": list(loss_names), **options}
         timeout = max(self._timeout, CREATE_TIMEOUT)
-        return self._request("POST", "/v1/runs", body, idempotent=False, timeout=timeout)
+        return self._call(
+            schemas.RunRecord, "POST", "/v1/runs", body, idempotent=False, timeout=timeout
+        )
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/runs/{run_id}")
+    def get_run(self, run_id: str, history: bool = False) -> schemas.RunRecord:
+        """The run; with ``history`` every completed round too (large for long runs:
+        :meth:`rounds` reads them in ranges)."""
+        query = "?history=true" if history else ""
+        return self._call(schemas.RunRecord, "GET", f"/v1/runs/{_q(run_id)}{query}")
 
-    def list_runs(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/runs")
+    def list_runs(self) -> list[schemas.RunRecord]:
+        return _RUNS.validate_python(self._request("GET", "/v1/runs"))
 
-    def lease(self, run_id: str, worker: str) -> dict[str, Any]:
-        """``{"state": "assigned", "assignment": {...}}``, ``{"state": "wait", "retry_after": s}``
-        or ``{"state": "finished"}``. While every member is busy the service holds the call
-        (up to 5 s) and answers as soon as the next round opens. Leasing again while holding
-        an assignment returns that assignment: use one worker name per trainer process."""
-        return self._request("POST", f"/v1/runs/{run_id}/leases", {"worker": worker})
+    def rounds(
+        self, run_id: str, start: int = 0, stop: int | None = None
+    ) -> list[schemas.RoundRecord]:
+        """The completed rounds ``start..stop-1`` (round 0 is the pseudo epoch)."""
+        query = f"?start={int(start)}" + (f"&stop={int(stop)}" if stop is not None else "")
+        return _ROUNDS.validate_python(self._request("GET", f"/v1/runs/{_q(run_id)}/rounds{query}"))
 
-    def heartbeat(self, run_id: str, assignment_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/runs/{run_id}/assignments/{assignment_id}/heartbeat")
+    def round(self, run_id: str, round_: int, metrics: bool = False) -> schemas.RoundRecord:
+        query = "?metrics=true" if metrics else ""
+        path = f"/v1/runs/{_q(run_id)}/rounds/{int(round_)}{query}"
+        return self._call(schemas.RoundRecord, "GET", path)
+
+    def open_round(self, run_id: str) -> schemas.OpenRound:
+        """The open round's members, workers and deadlines (Conflict when none is open)."""
+        return self._call(schemas.OpenRound, "GET", f"/v1/runs/{_q(run_id)}/rounds/current")
+
+    def lease(self, run_id: str, worker: str) -> schemas.LeaseResponse:
+        """``state`` is ``assigned`` (with ``assignment``), ``wait`` (with ``retry_after``) or
+        ``finished``. While every member is busy the service holds the call (up to 5 s) and
+        answers as soon as the next round opens. Leasing again while holding an assignment
+        returns that assignment: use one worker name per trainer process."""
+        path = f"/v1/runs/{_q(run_id)}/leases"
+        return self._call(schemas.LeaseResponse, "POST", path, {"worker": worker})
+
+    def heartbeat(self, run_id: str, assignment_id: str) -> schemas.HeartbeatResponse:
+        return self._call(
+            schemas.HeartbeatResponse, "POST", _assignment(run_id, assignment_id, "heartbeat")
+        )
 
     def report(
         self,
@@ -202,7 +238,7 @@ class ControllerClient:
         pq: float,
         checkpoint_uri: str,
         metrics: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> schemas.ReportResponse:
         """Report a trained member; ``state`` in the answer is ``accepted`` or ``duplicate``."""
         body: dict[str, Any] = {
             "losses": {name: float(value) for name, value in losses.items()},
@@ -211,12 +247,25 @@ class ControllerClient:
         }
         if metrics is not None:
             body["metrics"] = dict(metrics)
-        return self._request("POST", f"/v1/runs/{run_id}/assignments/{assignment_id}/report", body)
+        return self._report(run_id, assignment_id, body)
 
-    def report_diverged(self, run_id: str, assignment_id: str, reason: str) -> dict[str, Any]:
-        """Report a member whose loss went non-finite: reward -1, never the best."""
-        body = {"diverged": True, "reason": reason}
-        return self._request("POST", f"/v1/runs/{run_id}/assignments/{assignment_id}/report", body)
+    def report_diverged(
+        self, run_id: str, assignment_id: str, reason: str
+    ) -> schemas.ReportResponse:
+        """Report a member whose loss went non-finite: reward -1, never the best, not retried."""
+        return self._report(run_id, assignment_id, {"diverged": True, "reason": reason})
+
+    def report_failed(self, run_id: str, assignment_id: str, reason: str) -> schemas.ReportResponse:
+        """Report that this trainer could not train the member (unreadable checkpoint or data,
+        store errors): the member is issued again, up to the run's ``max_attempts``."""
+        return self._report(run_id, assignment_id, {"failed": True, "reason": reason})
+
+    def _report(
+        self, run_id: str, assignment_id: str, body: dict[str, Any]
+    ) -> schemas.ReportResponse:
+        return self._call(
+            schemas.ReportResponse, "POST", _assignment(run_id, assignment_id, "report"), body
+        )
 
     def weights(
         self,
@@ -226,17 +275,30 @@ class ControllerClient:
         epochs: int,
         mode: str = "ensemble",
         gamma: float = 0.9,
-    ) -> dict[str, Any]:
-        """Transfer weights (Eq. 7 or a static mode): ``{"weights": {name: w}, "clipped": []}``."""
+    ) -> schemas.WeightsResponse:
+        """Transfer weights (Eq. 7 or a static mode) for the epoch after ``epoch``."""
         body: dict[str, Any] = {"epoch": epoch, "epochs": epochs, "mode": mode, "gamma": gamma}
         body["losses"] = (
             {name: float(value) for name, value in losses.items()} if losses is not None else None
         )
-        return self._request("POST", f"/v1/runs/{run_id}/weights", body)
+        return self._call(schemas.WeightsResponse, "POST", f"/v1/runs/{_q(run_id)}/weights", body)
 
-    def policy(self, run_id: str) -> dict[str, Any]:
+    def policy(self, run_id: str) -> schemas.PolicyDocument:
         """Every policy snapshot as plain lists (``adaseg-policy/v1``)."""
-        return self._request("GET", f"/v1/runs/{run_id}/policy")
+        return self._call(schemas.PolicyDocument, "GET", f"/v1/runs/{_q(run_id)}/policy")
+
+
+_RUNS = TypeAdapter(list[schemas.RunRecord])
+_ROUNDS = TypeAdapter(list[schemas.RoundRecord])
+
+
+def _q(segment: str) -> str:
+    """A path segment, URL-encoded: a run id like ``../runs`` stays one segment."""
+    return quote(str(segment), safe="")
+
+
+def _assignment(run_id: str, assignment_id: str, verb: str) -> str:
+    return f"/v1/runs/{_q(run_id)}/assignments/{_q(assignment_id)}/{verb}"
 
 
 def _detail(response: httpx.Response) -> Any:

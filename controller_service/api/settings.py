@@ -26,10 +26,22 @@ cluster (where the Deployment sets them from a ConfigMap and a Secret):
     "retry_after": ...}``. Default ``5``; ``0`` answers ``wait`` at once. Keep
     it well under the trainers' HTTP timeout (the client's default is 10 s),
     or a held lease times out on the client instead of answering.
+``ADASEG_WRITER_LEASE_SECONDS``
+    On an S3 store, the time-to-live of the controller's writer lease (one
+    controller per store): renewed every third of it; a controller that stops
+    renewing is taken over after it. A restarted controller waits up to this long
+    for its predecessor's lease. Default ``30``. (A file store uses ``flock``.)
+``ADASEG_STUCK_SECONDS``
+    ``/healthz`` fails when a run's lock or state write has been held this long
+    (a wedged process), so Kubernetes restarts the pod. Default ``120``.
+``ADASEG_SHUTDOWN_SECONDS``
+    After SIGTERM, requests in flight get this long to finish; then the process
+    exits regardless. Keep it under the pod's termination grace period (30 s by
+    default). Default ``20``.
 ``ADASEG_S3_ENDPOINT``, ``ADASEG_S3_ACCESS_KEY``, ``ADASEG_S3_SECRET_KEY``, ``ADASEG_S3_SECURE``, ``ADASEG_S3_REGION``
     Endpoint (``host:port``), credentials, TLS (``true``/``false``, default
     false) and region of the S3 server for ``s3://`` stores; read by
-    :mod:`controller_service.store`, not here.
+    :mod:`controller_service.contract.store`, not here.
 
 ``adaseg serve --store/--host/--port/--log-level`` override the variables.
 """  # noqa: E501
@@ -47,6 +59,9 @@ DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # well under the client's default timeout (10 s): a held lease must answer before it
 DEFAULT_LEASE_HOLD_SECONDS = 5.0
+DEFAULT_WRITER_LEASE_SECONDS = 30.0
+DEFAULT_STUCK_SECONDS = 120.0
+DEFAULT_SHUTDOWN_SECONDS = 20.0
 
 
 class SettingsError(ValueError):
@@ -69,6 +84,9 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"
     lease_hold_seconds: float = DEFAULT_LEASE_HOLD_SECONDS
+    writer_lease_seconds: float = DEFAULT_WRITER_LEASE_SECONDS
+    stuck_seconds: float = DEFAULT_STUCK_SECONDS
+    shutdown_seconds: float = DEFAULT_SHUTDOWN_SECONDS
 
     def __post_init__(self) -> None:
         # each message names the variable (and the flag, where there is one): the user
@@ -88,6 +106,13 @@ class Settings:
             raise SettingsError(
                 f"ADASEG_LEASE_HOLD_SECONDS must be finite and >= 0, got {self.lease_hold_seconds}"
             )
+        for variable, value in (
+            ("ADASEG_WRITER_LEASE_SECONDS", self.writer_lease_seconds),
+            ("ADASEG_STUCK_SECONDS", self.stuck_seconds),
+            ("ADASEG_SHUTDOWN_SECONDS", self.shutdown_seconds),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise SettingsError(f"{variable} must be finite and > 0, got {value}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +125,11 @@ class Settings:
             max_body_bytes=_int(env, "ADASEG_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             log_level=(env.get("ADASEG_LOG_LEVEL") or "info").lower(),
             lease_hold_seconds=_float(env, "ADASEG_LEASE_HOLD_SECONDS", DEFAULT_LEASE_HOLD_SECONDS),
+            writer_lease_seconds=_float(
+                env, "ADASEG_WRITER_LEASE_SECONDS", DEFAULT_WRITER_LEASE_SECONDS
+            ),
+            stuck_seconds=_float(env, "ADASEG_STUCK_SECONDS", DEFAULT_STUCK_SECONDS),
+            shutdown_seconds=_float(env, "ADASEG_SHUTDOWN_SECONDS", DEFAULT_SHUTDOWN_SECONDS),
         )
 
     def override(self, **values: object) -> Settings:

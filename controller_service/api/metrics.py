@@ -23,8 +23,10 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from controller_service.runs import FAILED, FINISHED, RUNNING, RunEvents, RunSummary
-from controller_service.store import StoreError
+from controller_service.contract.store import StoreError
+from controller_service.runs import RunError, RunEvents
+from controller_service.runs.state import FAILED, FINISHED, RUNNING
+from controller_service.runs.views import RunSummary
 
 log = logging.getLogger(__name__)
 REPORT_OUTCOMES = ("accepted", "duplicate", "rejected")
@@ -39,7 +41,7 @@ class _RunGauges:
     def collect(self) -> Iterator[Metric]:
         try:
             summaries = list(self._summaries())
-        except StoreError as exc:  # /metrics must answer even when the store is down
+        except (StoreError, RunError) as exc:  # /metrics answers even when a run cannot
             log.warning("metrics: run states unavailable: %s", exc)
             return
         by_status = GaugeMetricFamily("adaseg_runs", "Runs by status", labels=["status"])

@@ -1,16 +1,22 @@
 """One object-store interface for everything that must outlive a process.
 
-Two backends behind the same five verbs: ``file:///abs/dir`` (the embedded
-default, one machine) and ``s3://bucket/prefix`` (MinIO or any S3 endpoint,
-spoken to only through the ``minio`` package). Keys are relative, slash
-separated paths such as ``runs/abc/state.json``; the layout is in DESIGN.md.
+Two backends behind the same verbs: ``file:///abs/dir`` (the embedded
+default, one machine) and ``s3://bucket/prefix`` (MinIO or any S3-compatible
+endpoint, spoken to only through the ``minio`` package). Keys are relative,
+slash separated paths such as ``runs/abc/state.json``; the layout is in
+:mod:`controller_service.contract.keys`.
 
 Writes are atomic: a reader sees the old object or the new one, never half of
 one. On disk that is temp file + fsync + rename; on S3 a single PUT already is.
+Every failure of the store itself (unreachable, full disk, refused) is a
+:class:`StoreError`, which the service answers with 503 and clients retry.
+S3 also offers conditional writes (``If-None-Match``/``If-Match``, honoured by
+AWS S3, MinIO and moto), which the controller's writer lease is built on.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -34,7 +40,16 @@ class ObjectNotFound(StoreError, KeyError):
         return str(self.args[0]) if self.args else "object not found"
 
 
-def _check_key(key: str) -> str:
+class PreconditionFailed(StoreError):
+    """A conditional write found the object not as expected (someone else wrote it)."""
+
+
+# Readiness fails below this much free space: a store that cannot take the next
+# checkpoint is not ready, although it still answers (docs/design.md, "Reliability").
+MIN_FREE_BYTES = 64 << 20
+
+
+def check_key(key: str) -> str:
     """Refuse keys that could escape the store root or collide with temp files."""
     parts = key.split("/")
     if not key or any(part in {"", ".", ".."} for part in parts):
@@ -65,6 +80,11 @@ class ObjectStore(ABC):
         """Keys that start with ``prefix``, sorted."""
 
     @abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The names of the "folders" right under ``prefix`` (which ends with "/"), sorted:
+        listing ``runs/`` this way does not read every checkpoint key."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; missing objects are not an error."""
 
@@ -74,14 +94,14 @@ class ObjectStore(ABC):
 
     def uri_of(self, key: str) -> str:
         """The absolute URI of ``key``, as handed to other processes."""
-        return f"{self.uri.rstrip('/')}/{_check_key(key)}"
+        return f"{self.uri.rstrip('/')}/{check_key(key)}"
 
     def key_of(self, uri: str) -> str:
         """Inverse of :meth:`uri_of`; refuses URIs that point outside this store."""
         root = self.uri.rstrip("/") + "/"
         if not uri.startswith(root):
             raise StoreError(f"{uri} is not inside the store {self.uri}")
-        return _check_key(uri[len(root) :])
+        return check_key(uri[len(root) :])
 
     def put_json(self, key: str, value: Any) -> None:
         self.put(key, json.dumps(value, indent=1, sort_keys=True).encode())
@@ -103,10 +123,18 @@ class FileStore(ObjectStore):
         self.uri = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        try:
+            self._write(path, data)
+        except OSError as exc:  # ENOSPC, EROFS, EACCES, EIO: the store's failure, not a bug
+            reason = errno.errorcode.get(exc.errno or 0, "OSError")
+            raise StoreError(f"writing {self.uri_of(key)} failed ({reason}): {exc}") from exc
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
@@ -129,29 +157,61 @@ class FileStore(ObjectStore):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise ObjectNotFound(f"no object {self.uri_of(key)}") from None
+        except OSError as exc:
+            raise StoreError(f"reading {self.uri_of(key)} failed: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
+        folder = self.root / prefix.rpartition("/")[0]  # walk only below the prefix's folder
         keys = []
-        for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
+        try:
+            for path in folder.rglob("*"):
+                if path.is_file() and not path.name.startswith(".tmp-"):
+                    key = path.relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
+        except OSError as exc:
+            raise StoreError(f"listing {self.uri}/{prefix} failed: {exc}") from exc
         return sorted(keys)
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        folder = self.root / prefix
+        try:
+            return sorted(p.name for p in folder.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"listing {self.uri_of(prefix + '_')} failed: {exc}") from exc
+
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"deleting {self.uri_of(key)} failed: {exc}") from exc
 
     def check(self) -> None:
         if not (self.root.is_dir() and os.access(self.root, os.R_OK | os.W_OK)):
             raise StoreError(f"store directory {self.root} is not readable and writable")
+        stats = os.statvfs(self.root)
+        free = stats.f_bavail * stats.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise StoreError(
+                f"store directory {self.root} has {free >> 20} MiB free, "
+                f"below the {MIN_FREE_BYTES >> 20} MiB a checkpoint needs"
+            )
+
+
+# Per request: a store that does not answer within these is down, and callers retry.
+S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT = 5.0, 60.0
 
 
 def _s3_client_from_env() -> Any:
-    """A ``minio.Minio`` client configured by the ``ADASEG_S3_*`` variables."""
+    """A ``minio.Minio`` client configured by the ``ADASEG_S3_*`` variables, with bounded
+    timeouts (minio's default read timeout is minutes: a hung store would hang its callers)."""
+    import certifi
+    import urllib3
     from minio import Minio
 
     endpoint = os.environ.get("ADASEG_S3_ENDPOINT", "")
@@ -161,12 +221,20 @@ def _s3_client_from_env() -> Any:
     if "://" in endpoint:  # accept http://host:port as well as host:port
         parsed = urlparse(endpoint)
         secure, endpoint = parsed.scheme == "https", parsed.netloc
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=S3_CONNECT_TIMEOUT, read=S3_READ_TIMEOUT),
+        maxsize=16,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
     return Minio(
         endpoint,
         access_key=os.environ.get("ADASEG_S3_ACCESS_KEY", ""),
         secret_key=os.environ.get("ADASEG_S3_SECRET_KEY", ""),
         secure=secure,
         region=os.environ.get("ADASEG_S3_REGION") or None,
+        http_client=http,
     )
 
 
@@ -182,7 +250,7 @@ class S3Store(ObjectStore):
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
 
     def _name(self, key: str) -> str:
-        key = _check_key(key)
+        key = check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     @contextmanager
@@ -196,6 +264,8 @@ class S3Store(ObjectStore):
         except S3Error as exc:
             if exc.code in {"NoSuchKey", "NoSuchObject"}:
                 raise ObjectNotFound(f"no object {self.uri_of(key)}") from None
+            if exc.code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                raise PreconditionFailed(f"S3 {action} of {self.uri_of(key)}: {exc.code}") from None
             raise StoreError(f"S3 {action} of {self.uri_of(key)} failed: {exc}") from exc
         except (MinioException, HTTPError, OSError) as exc:
             raise StoreError(f"S3 {action} of {self.uri_of(key)} failed: {exc}") from exc
@@ -205,13 +275,29 @@ class S3Store(ObjectStore):
             self.client.put_object(self.bucket, self._name(key), io.BytesIO(data), len(data))
 
     def get(self, key: str) -> bytes:
+        return self.get_with_etag(key)[0]
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The object and its ETag (what :meth:`put_if` compares)."""
         with self._errors("get", key):
             response = self.client.get_object(self.bucket, self._name(key))
             try:
-                return response.read()
+                return response.read(), response.headers.get("etag", "").strip('"')
             finally:
                 response.close()
                 response.release_conn()
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None) -> str:
+        """Write only if the object is unchanged: ``etag`` None means "only if absent"
+        (``If-None-Match: *``), else ``If-Match: etag``. Returns the new ETag; raises
+        :class:`PreconditionFailed` when someone else wrote first. (minio's public
+        ``put_object`` turns unknown headers into user metadata, so this goes through
+        its PutObject call with the headers as given.)"""
+        headers = {"If-None-Match": "*"} if etag is None else {"If-Match": f'"{etag}"'}
+        headers["Content-Type"] = "application/json"
+        with self._errors("conditional put", key):
+            result = self.client._put_object(self.bucket, self._name(key), data, headers=headers)
+        return result.etag.strip('"')
 
     def exists(self, key: str) -> bool:
         try:
@@ -231,6 +317,16 @@ class S3Store(ObjectStore):
                 )
             ]
         return sorted(name[len(root) :] for name in names)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        with self._errors("list", prefix + "_"):
+            names = [
+                obj.object_name
+                for obj in self.client.list_objects(self.bucket, prefix=root + prefix)
+                if obj.is_dir
+            ]
+        return sorted(name[len(root + prefix) :].rstrip("/") for name in names)
 
     def delete(self, key: str) -> None:
         with self._errors("delete", key):

@@ -4,10 +4,16 @@ r_local = (v - mean v) / std v                       (Eq. 3)
 r_imp   = (v - v_best_prev) / std(v - v_best_prev)   (Eq. 4)
 r       = (t/T) (r_local + r_imp)                    (Eq. 5)
 
-Pinned choices (DESIGN.md): population std (ddof 0); a std below 1e-12 makes
-its term 0 instead of dividing by ~0 (one member, or all members equal); a
-diverged member (PQ ``None``) gets -1 unscaled, like an invalid candidate, and
-is left out of the mean and std so it cannot distort the others' rewards.
+Pinned choices (docs/design.md): population std (ddof 0); a std below 1e-12
+makes its term 0 instead of dividing by ~0 (one member, or all members equal); a
+member that produced no PQ (diverged or failed: ``None``) gets -1 unscaled, like
+an invalid candidate, and is left out of the mean and std so it cannot distort
+the others' rewards.
+
+``terms`` selects the reward: "local+imp" (Eq. 5, the paper), "local" (Eq. 3
+only) or "rank" (ours, beyond the paper): the members' centred ranks scaled to
+unit std (ties share their mean rank), so one outlying PQ cannot dominate the
+step however far it lies. Every variant keeps Eq. 5's t/T factor.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from numbers import Real
 
 import numpy as np
 
-REWARD_TERMS = ("local+imp", "local")  # "local" = the ablation r_local only
+from controller_service.search.options import REWARD_TERMS
+
 DIVERGED_REWARD = -1.0
 STD_EPSILON = 1e-12
 
@@ -63,7 +70,11 @@ def rewards(
     if not trained:
         return out
     v = np.array([pqs[j] for j in trained], dtype=np.float64)
-    total = _divide_by_std(v - v.mean(), v)  # Eq. 3
+    if terms == "rank":
+        ranks = _mean_ranks(v)
+        total = _divide_by_std(ranks - ranks.mean(), ranks)
+    else:
+        total = _divide_by_std(v - v.mean(), v)  # Eq. 3
     if terms == "local+imp":
         improvement = v - best_prev
         total = total + _divide_by_std(improvement, improvement)  # Eq. 4
@@ -71,3 +82,14 @@ def rewards(
     for j, reward in zip(trained, scaled, strict=True):
         out[j] = float(reward)
     return out
+
+
+def _mean_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..k-1 of ``values`` (ascending), ties given the mean of the ranks they span."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(len(values), dtype=np.float64)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks

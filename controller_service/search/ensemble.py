@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from controller_service.policy import (
+from controller_service.search.options import TRANSFER_MODES
+from controller_service.search.policy import (
     clip_nonpositive,
     evaluate_snapshot,
     parse_layers,
@@ -34,7 +35,6 @@ from controller_service.policy import (
     validate_vector,
 )
 
-TRANSFER_MODES = ("ensemble", "final", "static-pred", "static-final")
 _MODES_USING_SNAPSHOTS = ("ensemble", "final", "static-pred")
 
 

@@ -6,7 +6,7 @@ float64 and every random number comes from one numpy ``PCG64`` generator, so a
 run is bit-identical for a seed and survives a JSON round trip of its state
 (the controller may be killed between any two calls).
 
-Maths pinned in DESIGN.md, "The controller's mathematics":
+The maths as implemented, with our deviations, is written up in docs/design.md:
 
 - pi(l; theta): Linear(n,h) -> ReLU -> Linear(h,h) -> ReLU -> Linear(h,n);
   weights ~ Normal(1/n_in, 0.1/n_in), biases 0, so at init pi(l) ~ mean(l) and
@@ -15,11 +15,18 @@ Maths pinned in DESIGN.md, "The controller's mathematics":
   returned as is and Eq. 2's validity check handles it.
 - Eq. 2: lambda_hat ~ Normal(lambda, std^2 I) with std = sigma ("absolute", the
   paper) or std_i = sigma * max(|lambda_i|, floor) ("relative", ours; the floor
-  keeps the std positive where pi's output is non-positive).
-- Eq. 6: one Adam step on -(1/K) sum_k r_k log N(lambda_hat_k; lambda(theta), std^2)
-  over all K drawn candidates (trained and invalid). In relative mode the std
-  depends on theta too, and the gradient includes that path: it is the exact
-  score function of the distribution the candidates were drawn from.
+  keeps the std positive where pi's output is non-positive). A draw is valid when
+  every component is finite and > 0; the others are redrawn.
+- "log" (ours, beyond the paper): multiplicative exploration,
+  log lambda_hat ~ Normal(log max(lambda, floor), sigma^2 I). Every draw is valid
+  and the spread is the same fraction of every weight, whatever its order of
+  magnitude. A component whose mean falls below ``floor`` explores around the
+  floor and gets no gradient there (the clamp): a documented dead zone.
+- Eq. 6: one Adam step on -(1/K) sum_k r_k log p(lambda_hat_k; theta) over the K
+  drawn candidates the round scores, with p the density the candidates were drawn
+  from (for "log": the Normal density of log lambda_hat; the Jacobian term does not
+  depend on theta). In relative mode the std depends on theta too, and the gradient
+  includes that path: it is the exact score function of the sampling distribution.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-SIGMA_MODES = ("absolute", "relative")
+from controller_service.search.options import SIGMA_MODES
+
 SNAPSHOT_ACTIVATION = "relu"
 STATE_FORMAT = "adaseg-policy-state/v1"
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -46,7 +54,7 @@ class PolicyConfig:
     n_losses: int
     hidden: int = 16
     sigma: float = 0.2
-    sigma_mode: str = "absolute"  # "relative": std = sigma * lambda (ours, for the benchmark)
+    sigma_mode: str = "absolute"  # "relative": std = sigma * lambda; "log": multiplicative
     lr: float = 5e-2
     weight_decay: float = 5e-4  # L2 exactly as torch.optim.Adam(weight_decay=...)
     steps: int = 1  # policy_steps: the Eq. 6 step repeated
@@ -122,6 +130,21 @@ def _label(what: str, index: int, names: Sequence[str] | None) -> str:
     return f"{what}[{index}]"
 
 
+MAX_WEIGHT = 1e12  # larger weights are no weights: a draw beyond is clipped (see sample)
+
+
+def is_valid_weight_vector(values: Sequence[float] | np.ndarray) -> bool:
+    """Every component finite, > 0 and at most MAX_WEIGHT: a weight a trainer can use."""
+    array = np.asarray(values, dtype=np.float64)
+    return bool(np.all(np.isfinite(array)) and np.all(array > 0) and np.all(array <= MAX_WEIGHT))
+
+
+def clip_weights(values: np.ndarray, floor: float) -> np.ndarray:
+    """Move every component into [floor, MAX_WEIGHT] (NaN to floor): Eq. 2's give-up case."""
+    out = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=floor, posinf=MAX_WEIGHT)
+    return np.clip(out, floor, MAX_WEIGHT)
+
+
 def clip_nonpositive(values: np.ndarray, floor: float) -> tuple[np.ndarray, list[int]]:
     """Replace components <= 0 by ``floor``; return the result and the indices replaced.
 
@@ -191,27 +214,32 @@ class Policy:
     # -- Eq. 2 ---------------------------------------------------------------
 
     def _std(self, mean: np.ndarray) -> np.ndarray:
-        if self.config.sigma_mode == "absolute":
+        if self.config.sigma_mode in ("absolute", "log"):
             return np.full_like(mean, self.config.sigma)
         return self.config.sigma * np.maximum(np.abs(mean), self.config.floor)
+
+    def _draw(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        noise = std * self._rng.standard_normal(mean.shape)
+        if self.config.sigma_mode == "log":
+            with np.errstate(over="ignore"):
+                return np.exp(np.log(np.maximum(mean, self.config.floor)) + noise)
+        return mean + noise
 
     def sample(self, mean: Sequence[float], m: int) -> Draw:
         """Eq. 2 for m members, in member order, redrawing invalid candidates.
 
-        A draw with any component <= 0 cannot be trained; it is kept in
-        ``invalid`` (reward -1 in Eq. 6) and the member draws again. After
-        ``max_draws`` invalid draws the last one is clipped to ``floor`` so the
-        round always has m candidates. Advances the policy's RNG.
+        A draw with any component <= 0 or not finite cannot be trained; it is
+        kept in ``invalid`` (reward -1 in Eq. 6) and the member draws again.
+        After ``max_draws`` invalid draws the member gets the last one clipped
+        into (floor, MAX_WEIGHT], so the round always has m candidates to
+        train. Advances the policy's RNG.
 
-        The clipped copy is a candidate like any other: it is trained, and
-        :meth:`update` scores it in Eq. 6 at its reward as if it had been
-        sampled (it was not: it is the last invalid draw with its non-positive
-        components moved to ``floor``), while the ``max_draws`` invalid draws
-        before it each carry -1. A deliberate choice: the trained member must
-        get its reward somewhere, and there is no exact density for a clipped
-        point; it only happens when pi puts a mean far below 0, and then the
-        member's ``max_draws`` invalid draws at -1 outnumber it in the step.
-        The effectiveness benchmark's numbers rest on this rule, so it stays.
+        A clipped candidate was never drawn from the policy (it is an invalid
+        draw moved by hand), so it is no sample of pi: the search strategy
+        trains it (it may still be the best model) but leaves it out of Eq. 6,
+        where the member's ``max_draws`` invalid draws carry -1 each. ``mean``
+        itself must be finite (a ValueError otherwise): a policy whose mean
+        overflows has nothing to sample from.
         """
         _require_int("m", m, minimum=1)
         mean_array = validate_vector(mean, self.config.n_losses, "mean")
@@ -219,13 +247,13 @@ class Policy:
         draw = Draw(candidates=[], invalid=[], clipped_members=[])
         for member in range(m):
             for _ in range(self.config.max_draws):
-                candidate = mean_array + std * self._rng.standard_normal(mean_array.shape)
-                if np.all(candidate > 0):
+                candidate = self._draw(mean_array, std)
+                if is_valid_weight_vector(candidate):
                     break
                 draw.invalid.append(candidate.tolist())
                 draw.invalid_members.append(member)
             else:
-                candidate, _ = clip_nonpositive(candidate, self.config.floor)
+                candidate = clip_weights(candidate, self.config.floor)
                 draw.clipped_members.append(member)
             draw.candidates.append(candidate.tolist())
         return draw
@@ -235,7 +263,10 @@ class Policy:
     def _objective(self, losses: torch.Tensor, drawn: torch.Tensor, rewards: torch.Tensor):
         """-(1/K) sum_k r_k log N(drawn_k; lambda(theta), std(theta)^2), full density."""
         mean = self._forward(losses) / losses
-        if self.config.sigma_mode == "absolute":
+        if self.config.sigma_mode == "log":
+            mean = torch.log(torch.clamp(mean, min=self.config.floor))
+            drawn = torch.log(drawn)
+        if self.config.sigma_mode in ("absolute", "log"):
             std = torch.full_like(mean, self.config.sigma)
         else:
             std = self.config.sigma * torch.clamp(mean.abs(), min=self.config.floor)
@@ -252,13 +283,11 @@ class Policy:
         """Eq. 6: ``steps`` Adam steps of REINFORCE over all K drawn candidates.
 
         ``losses`` is the policy input the candidates were drawn for (the best
-        member's loss vector of the previous round); ``drawn`` holds the trained
-        and the invalid candidates, ``rewards`` their rewards in the same order.
-
-        Every row enters the Gaussian log-density, including a member that
-        :meth:`sample` clipped to ``floor`` after ``max_draws`` invalid draws:
-        it was trained, so it gets its reward here as if it had been sampled,
-        next to the -1 of each of those invalid draws (see :meth:`sample`).
+        member's loss vector of the previous round); ``drawn`` holds the scored
+        candidates (trained and invalid; never a clipped one, see :meth:`sample`),
+        ``rewards`` their rewards in the same order. Raises ValueError when the
+        step leaves a parameter that is not finite (a learning rate too large
+        for the rewards): the caller must not keep such a policy.
         """
         n = self.config.n_losses
         loss_tensor = torch.from_numpy(validate_losses(losses, n))
@@ -274,6 +303,8 @@ class Policy:
             self._optimizer.zero_grad()
             self._objective(loss_tensor, drawn_tensor, reward_tensor).backward()
             self._optimizer.step()
+        if not all(bool(torch.isfinite(p).all()) for p in self._params):
+            raise ValueError("the policy update left non-finite parameters")
 
     # -- persistence ---------------------------------------------------------
 

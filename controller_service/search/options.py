@@ -1,0 +1,14 @@
+"""The values the search options take, stated once (no imports: the API contract, the
+maths modules and the strategies all read them here)."""
+
+from __future__ import annotations
+
+# name -> module defining the strategy (imported on first use; see search.base)
+STRATEGY_MODULES: dict[str, str] = {
+    "ada-segment": "controller_service.search.ada_segment",
+    "pbt": "controller_service.search.pbt",
+}
+DEFAULT_STRATEGY = "ada-segment"
+SIGMA_MODES = ("absolute", "relative", "log")  # Eq. 2: the paper, ours, multiplicative
+REWARD_TERMS = ("local+imp", "local", "rank")  # Eq. 5, Eq. 3 only, centred ranks
+TRANSFER_MODES = ("ensemble", "final", "static-pred", "static-final")  # Eq. 7 and Table 2
