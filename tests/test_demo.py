@@ -59,7 +59,7 @@ def _interrupt_mid_exploration(out: Path) -> str:
     deadline = time.monotonic() + 600
     for line in proc.stdout:
         lines.append(line)
-        if "members trained 1/" in line or time.monotonic() > deadline:
+        if "members done 1/" in line or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)

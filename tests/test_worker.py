@@ -17,7 +17,7 @@ import pytest
 
 from controller_service.contract.client import ControllerClient
 from controller_service.contract.store import open_store
-from controller_service.runs import schedule_position
+from controller_service.runs.views import schedule_position
 from tests.fixtures.controller import ControllerProcess, start_controller
 from trainer_image.checkpoint import load_checkpoint
 

@@ -133,7 +133,7 @@ def open_next_round(state: dict[str, Any], config: PbtConfig) -> dict[str, Any] 
 def assignment(config: PbtConfig, record: Mapping[str, Any], member: int, uri_of: Any) -> dict:
     """What the controller would lease for this member (the worker's input)."""
     from controller_service.contract.keys import member_checkpoint_key
-    from controller_service.runs import schedule_position
+    from controller_service.runs.views import schedule_position
 
     round_ = record["round"]
     epoch, epochs = schedule_position(round_, config.rounds)
