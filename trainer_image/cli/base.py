@@ -1,4 +1,9 @@
-"""``adaseg worker``: train population members leased from a controller (one trainer pod)."""
+"""What every trainer command shares: exit codes, logging, flag types, the training flags.
+
+The exit codes are defined here and nowhere else; jobs say how they ended
+(``jobs/ending.py``) and :data:`EXIT_CODES` turns that into the process status
+a Kubernetes Job or a shell sees.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,50 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+from trainer_image.jobs.ending import Ending
+from trainer_image.jobs.store_retry import DEFAULT_RETRY_SECONDS, RETRY_SECONDS_ENV
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1  # the job could not be done: controller, store or data failed, or it diverged
+    USAGE = 2  # flags that cannot work (missing data directory, no GPU, bad model config)
+    FAILING = 3  # a worker failed --max-consecutive-failures assignments in a row: restart it
+    TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process it terminated
+
+
+EXIT_CODES: dict[Ending, ExitCode] = {
+    Ending.FINISHED: ExitCode.OK,
+    Ending.STOPPED: ExitCode.TERMINATED,
+    Ending.DIVERGED: ExitCode.ERROR,
+    Ending.FAILING: ExitCode.FAILING,
+}
+
+
+def fail(command: str, message: object, code: ExitCode) -> int:
+    """A fatal error: one line on stderr that names what is wrong, and the exit code."""
+    print(f"adaseg {command}: error: {message}", file=sys.stderr)
+    return int(code)
+
+
+def setup_logging(level: str, quiet: bool = False) -> None:
+    """One line per event on stderr: what a pod log shows (``quiet``: warnings only, for
+    torchrun ranks other than 0). httpx's per-request lines are left out."""
+    logging.basicConfig(
+        level=logging.WARNING if quiet else getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+# -- flag types: argparse rejects bad values at parse time (exit 2, the flag named) --------
 
 
 def positive_int(text: str) -> int:
@@ -22,7 +65,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (momentum, weight decay): argparse rejects the rest at parse time."""
+    """A finite number >= 0 (momentum, weight decay, seconds)."""
     try:
         value = float(text)
     except ValueError:
@@ -42,8 +85,11 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+# -- the flags of every training command (worker, transfer, train) --------------------------
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags every trainer command shares: data, batching, device, model, optimisation."""
+    """Flags every trainer command shares: data, store, batching, device, model, optimisation."""
     parser.add_argument(
         "--data",
         type=Path,
@@ -51,6 +97,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset root: COCO 2017, detectron2's COCO or ADE20K, or adaseg's layout",
     )
     parser.add_argument("--store", required=True, help="file:///abs/dir or s3://bucket/prefix")
+    parser.add_argument(
+        "--store-retry-seconds",
+        type=non_negative_float,
+        default=os.environ.get(RETRY_SECONDS_ENV, str(DEFAULT_RETRY_SECONDS)),
+        help="how long checkpoint uploads and downloads retry through a store outage "
+        f"(default ${RETRY_SECONDS_ENV}, else {DEFAULT_RETRY_SECONDS:g}; 0: no retries)",
+    )
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto")
     parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument(
@@ -96,17 +149,18 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:
     """``--compile`` / ``--no-compile``, default unset: ``TrainConfig.compile = None`` means
-    compile where it pays (CUDA), see ``training.resolve_compile``."""
+    compile where it pays (CUDA), see ``engine/compile.py``."""
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile the model (default: on CUDA, off on CPU)",
+        help="torch.compile the model (default: on CUDA when a C compiler is there for "
+        "Triton, else eager with a warning; off on CPU)",
     )
 
 
 def train_config(args: argparse.Namespace) -> Any:
-    from trainer_image.training import TrainConfig
+    from trainer_image.engine.config import TrainConfig
 
     return TrainConfig(
         lr=args.lr,
@@ -120,83 +174,10 @@ def train_config(args: argparse.Namespace) -> Any:
     )
 
 
-def setup_logging(level: str, quiet: bool = False) -> None:
-    """One line per event on stderr: what a pod log shows (``quiet``: warnings only, for
-    torchrun ranks other than 0). httpx's per-request lines are left out."""
-    logging.basicConfig(
-        level=logging.WARNING if quiet else getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def open_trainer_store(args: argparse.Namespace, interrupt: Any = None) -> Any:
+    """``--store`` wrapped so every call rides out outages up to ``--store-retry-seconds``
+    (``interrupt``: an event that cuts the waiting short, e.g. SIGTERM's)."""
+    from controller_service.store import open_store
+    from trainer_image.jobs.store_retry import RetryingStore
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--controller", required=True, help="controller URL, http://host:port")
-    parser.add_argument("--run", required=True, help="run id")
-    add_data_arguments(parser)
-    parser.add_argument("--worker-id", default=None, help="default: $HOSTNAME-pid")
-    parser.add_argument(
-        "--iterations", type=positive_int, default=None, help="iterations per interval (q)"
-    )
-    parser.add_argument("--split", default="train", help="split the proxy split is carved from")
-    parser.add_argument(
-        "--proxy-val", default="0.1", help="proxy-val share: a fraction, or a number of images"
-    )
-    parser.add_argument("--max-assignments", type=positive_int, default=None)
-
-
-def fail(command: str, message: object, code: int) -> int:
-    """A fatal error: one line on stderr that names what is wrong, and the exit code."""
-    print(f"adaseg {command}: error: {message}", file=sys.stderr)
-    return code
-
-
-def main(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
-    from controller_service.client import ControllerClient, ControllerError, NotFound
-    from controller_service.store import StoreError, open_store
-    from trainer_image.checkpoint import CheckpointError
-    from trainer_image.data.coco_panoptic import DatasetError
-    from trainer_image.data.split import parse_proxy_val
-    from trainer_image.session import DataOptions, SetupError, resolve_device
-    from trainer_image.worker import StopFlag, Worker, WorkerOptions, default_worker_id
-
-    try:
-        if not args.data.is_dir():
-            raise SetupError(f"data directory {args.data} does not exist")
-        data = DataOptions(
-            root=args.data,
-            split=args.split,
-            proxy_val=parse_proxy_val(args.proxy_val),
-            batch_size=args.batch_size,
-            workers=args.workers,
-            crop_size=args.crop_size,
-            seed=args.seed,
-        )
-        options = WorkerOptions(
-            run=args.run,
-            data=data,
-            worker_id=args.worker_id or default_worker_id(),
-            device=str(resolve_device(args.device)),
-            iterations=args.iterations,
-            model=args.model,
-            model_config=args.model_config,
-            train=train_config(args),
-            eval_batch_size=args.eval_batch_size,
-            max_assignments=args.max_assignments,
-        )
-        store = open_store(args.store)
-    except (SetupError, StoreError, ValueError) as exc:
-        return fail("worker", exc, EXIT_USAGE)
-    with ControllerClient(args.controller) as client, StopFlag().sigterm() as stop:
-        try:
-            return Worker(client, store, options, stop).run()
-        except NotFound as exc:
-            return fail("worker", f"run {args.run} not found on {args.controller} ({exc})", 1)
-        except ControllerError as exc:
-            return fail("worker", f"controller {args.controller}: {exc}", EXIT_ERROR)
-        except SetupError as exc:  # flags that do not fit the data, model or device
-            return fail("worker", exc, EXIT_USAGE)
-        except (DatasetError, CheckpointError, StoreError) as exc:
-            return fail("worker", exc, EXIT_ERROR)
+    return RetryingStore(open_store(args.store), args.store_retry_seconds, interrupt)

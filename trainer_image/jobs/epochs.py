@@ -1,40 +1,34 @@
-"""Train a fresh model for E epochs with pluggable loss weights: transfer runs and baselines.
+"""Epoch jobs: a fresh model trained for E epochs with pluggable loss weights, then evaluated.
 
-One epoch loop (:func:`train_epochs`) serves ``adaseg transfer`` (weights
-from a finished run's policy, asked of the controller before every epoch)
-and ``adaseg train`` (a static strategy: equal, published, any vector,
-uncertainty, GradNorm), so the demo and the benchmark compare like with like:
-same data, schedule, evaluation and metrics file, only the weights differ.
+One job (:func:`run_job`) serves ``adaseg transfer`` (weights from a finished
+run's policy, ``jobs/transfer.py``) and ``adaseg train`` (a static strategy,
+``jobs/train.py``), so the demo and the benchmark compare like with like: same
+data, schedule, evaluation and metrics file, only the :class:`WeightSource`
+differs.
 
-Transfer schedule (decided): in the dynamic modes (``ensemble``, ``final``)
-epoch 1 is the pseudo epoch with every weight 1; its mean losses are l^1, and
-before epoch e+1 the controller is asked with l^e, ``epoch=e``,
-``epochs=E`` (Eq. 7). The static modes (``static-pred``, ``static-final``) ask
-once and keep the weights for all E epochs.
-
-Data parallel with torchrun: every rank trains its slice of each global
-batch (DDP averages gradients), the per-epoch loss means are all-reduced,
-rank 0 alone talks to the controller and broadcasts the weights, and rank 0
-alone writes to the store. Resumable: an existing ``metrics.json`` means
-done; otherwise ``last.pt`` (written after every epoch) is resumed from.
+Data parallel with torchrun: every rank trains its slice of each global batch
+(DDP averages gradients), the per-epoch loss means are all-reduced, rank 0
+alone asks a controller for weights (and broadcasts them) and writes to the
+store. Resumable: an existing ``metrics.json`` means done; otherwise ``last.pt``
+(written after every epoch by a :class:`~trainer_image.engine.hooks.CheckpointHook`)
+is resumed from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
 from torch import nn
 
 from controller_service import layout
 from controller_service.store import ObjectStore
-from trainer_image.checkpoint import (
+from trainer_image.engine.batches import interval_batches
+from trainer_image.engine.checkpoint import (
     Checkpoint,
     CheckpointError,
     capture_rng_state,
@@ -42,32 +36,33 @@ from trainer_image.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from trainer_image.evaluation import evaluate_pq
-from trainer_image.session import (
+from trainer_image.engine.config import TrainConfig
+from trainer_image.engine.hooks import (
+    CheckpointHook,
+    HookBase,
+    IntervalState,
+    ProgressLogger,
+    StopHook,
+)
+from trainer_image.engine.loop import Trainer
+from trainer_image.eval.evaluate import evaluate_pq
+from trainer_image.jobs.distributed import Distributed
+from trainer_image.jobs.ending import Ending
+from trainer_image.jobs.session import (
     DataOptions,
     derive_seed,
     fresh_model,
     open_split,
-    resolve_device,
     train_loader,
 )
-from trainer_image.training import TrainConfig, Trainer, interval_batches
-from trainer_image.weighting import FixedWeights, GradNorm, UncertaintyWeighting
+from trainer_image.weighting.base import WeightingStrategy
+from trainer_image.weighting.fixed import FixedWeights
 
 log = logging.getLogger("adaseg.transfer")
-
-DYNAMIC_MODES = ("ensemble", "final")
-STATIC_MODES = ("static-pred", "static-final")
-MODES = DYNAMIC_MODES + STATIC_MODES
-STRATEGIES = ("equal", "published", "fixed", "uncertainty", "gradnorm")
 
 METRICS = "metrics.json"
 FINAL = "final.pt"
 LAST = "last.pt"
-
-
-class RankFailed(RuntimeError):
-    """Another rank of a torchrun job failed; this one stops too."""
 
 
 class WeightSource(Protocol):
@@ -75,97 +70,15 @@ class WeightSource(Protocol):
 
     # True: only rank 0 may ask (a controller); its answer is broadcast as fixed weights.
     rank0_only: bool
+    # The strategy that lives across epochs (its parameters train with the model, its state
+    # is in last.pt); None when every epoch gets a new one.
+    kept: WeightingStrategy | None
+    # Per epoch, the losses the controller clipped to its floor (transfer only; else None).
+    clipped: list[list[str]] | None
 
     def strategy(self, epoch: int, previous_losses: Mapping[str, float] | None) -> Any:
         """The weighting strategy of epoch ``epoch`` (1-based), given l^{epoch-1}."""
         ...
-
-
-@dataclass
-class ControllerWeights:
-    """Weights from a finished run's policy (Eq. 7 or a static mode of the paper's Table 2)."""
-
-    client: Any
-    policy_run: str
-    mode: str
-    epochs: int
-    loss_names: list[str]
-    gamma: float = 0.9
-    rank0_only: bool = True
-    clipped: list[list[str]] = field(default_factory=list)
-    _static: dict[str, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-
-    def strategy(self, epoch: int, previous_losses: Mapping[str, float] | None) -> FixedWeights:
-        if self.mode in STATIC_MODES:
-            if self._static is None:
-                self._static = self._ask(None, 1)
-            return FixedWeights(self._static)
-        if epoch == 1:  # the pseudo epoch: its losses are l^1
-            self.clipped.append([])
-            return FixedWeights.equal(self.loss_names)
-        return FixedWeights(self._ask(previous_losses, epoch - 1))
-
-    def _ask(self, losses: Mapping[str, float] | None, epoch: int) -> dict[str, float]:
-        answer = self.client.weights(
-            self.policy_run, losses, epoch=epoch, epochs=self.epochs, mode=self.mode,
-            gamma=self.gamma,
-        )  # fmt: skip
-        self.clipped.append(list(answer.get("clipped") or []))
-        if answer.get("clipped"):
-            log.warning("controller clipped weights %s to the floor", answer["clipped"])
-        return {name: float(value) for name, value in answer["weights"].items()}
-
-
-@dataclass
-class ConstantStrategy:
-    """A static baseline: the same strategy object (learnable or not) every epoch."""
-
-    value: Any
-    rank0_only: bool = False
-
-    def strategy(self, epoch: int, previous_losses: Mapping[str, float] | None) -> Any:
-        return self.value
-
-
-def static_strategy(
-    name: str, model: Any, weights: Mapping[str, float] | None = None
-) -> FixedWeights | UncertaintyWeighting | GradNorm:
-    """The baseline ``name`` for ``model``'s losses (``weights`` for ``fixed``)."""
-    names = list(model.loss_names)
-    if name == "equal":
-        return FixedWeights.equal(names)
-    if name == "published":
-        from trainer_image.models import PUBLISHED_WEIGHTS
-
-        if set(PUBLISHED_WEIGHTS) != set(names):
-            raise ValueError(f"published weights are for {sorted(PUBLISHED_WEIGHTS)}, not {names}")
-        return FixedWeights(PUBLISHED_WEIGHTS)
-    if name == "fixed":
-        if weights is None or set(weights) != set(names):
-            raise ValueError(f"--weights must give one value for each of {names}")
-        return FixedWeights(weights)
-    if name == "uncertainty":
-        return UncertaintyWeighting(names)
-    if name == "gradnorm":
-        return GradNorm(names, last_shared_parameters(model))
-    raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
-
-
-def last_shared_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The weights of the last shared layer with a weight matrix (GradNorm's W)."""
-    heads = {id(p) for params in model.loss_parameters().values() for p in params}
-    shared = [
-        module
-        for module in model.modules()
-        if isinstance(module, nn.Conv2d | nn.Linear) and id(module.weight) not in heads
-    ]
-    if not shared:
-        raise ValueError("the model has no shared conv or linear layer for GradNorm")
-    return [shared[-1].weight]
 
 
 @dataclass
@@ -215,70 +128,21 @@ class History:
         )
 
 
-class Distributed:
-    """torchrun's environment, or a single process; every collective is a no-op on one."""
+class EpochRecorder(HookBase):
+    """Appends every completed epoch to the history (loss means all-reduced over the ranks)."""
 
-    def __init__(self, device: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = resolve_device(device)
-        if self.world > 1:
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", self.local_rank)
-                torch.cuda.set_device(self.device)
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend)
+    def __init__(self, history: History, dist: Distributed) -> None:
+        self.history = history
+        self.dist = dist
 
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def mean(self, values: Mapping[str, float]) -> dict[str, float]:
-        """Each value averaged over the ranks (every rank ran the same number of steps)."""
-        if not self.active:
-            return dict(values)
-        names = sorted(values)
-        tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return dict(zip(names, (tensor / self.world).tolist(), strict=True))
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank."""
-        if not self.active:
-            return value
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def check(self, error: BaseException | None) -> None:
-        """Raise on every rank if any rank failed, so no rank waits forever in a collective
-        for one that has gone (rank 0's controller calls can fail where the others cannot)."""
-        if not self.active:
-            if error is not None:
-                raise error
+    def after_train(self, state: IntervalState) -> None:
+        result = state.result
+        if result is None or result.stopped or result.diverged:
             return
-        messages: list[str | None] = [None] * self.world
-        mine = None if error is None else f"{type(error).__name__}: {error}"
-        torch.distributed.all_gather_object(messages, mine)
-        if error is not None:
-            raise error
-        failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
-        if failed:
-            rank, message = failed[0]
-            raise RankFailed(f"rank {rank} failed: {message}")
-
-    def barrier(self) -> None:
-        if self.active:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.active and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        self.history.weights.append(result.weights)
+        self.history.losses.append(self.dist.mean(result.losses))
+        self.history.seconds.append(round(result.seconds, 3))
+        self.history.images_per_second.append(round(result.images_per_second * self.dist.world, 3))
 
 
 def train_epochs(
@@ -289,15 +153,15 @@ def train_epochs(
     per_epoch: int,
     dist: Distributed,
     history: History,
-    *,
-    should_stop: Callable[[], bool] | None = None,
-    after_epoch: Callable[[int], None] | None = None,
+    hooks: Sequence[HookBase] = (),
 ) -> History:
-    """Epochs ``len(history.losses) + 1 .. epochs``; the one loop of transfer and train.
+    """Epochs ``len(history.losses) + 1 .. epochs``, each one interval of ``per_epoch`` steps.
 
-    Stops at the first diverged epoch (``history.diverged``) or when
-    ``should_stop`` turns true (the partial epoch is not recorded).
+    Stops at the first diverged epoch (``history.diverged``) or when a hook stops
+    the interval (the partial epoch is not recorded). ``hooks`` run after the
+    epoch is recorded, so a :class:`CheckpointHook` saves the history with it.
     """
+    all_hooks = [EpochRecorder(history, dist), *hooks]
     for epoch in range(len(history.losses) + 1, epochs + 1):
         previous = history.losses[-1] if history.losses else None
         if source.rank0_only:
@@ -316,7 +180,7 @@ def train_epochs(
             interval_batches(loader, epoch - 1, per_epoch),
             strategy,
             per_epoch,
-            should_stop=should_stop,
+            hooks=all_hooks,
             label=f"[epoch {epoch}/{epochs}]",
         )
         if result.stopped:
@@ -324,13 +188,7 @@ def train_epochs(
         if result.diverged:
             history.diverged = result.reason
             break
-        history.weights.append(result.weights)
-        history.losses.append(dist.mean(result.losses))
-        history.seconds.append(round(result.seconds, 3))
-        history.images_per_second.append(round(result.images_per_second * dist.world, 3))
         log.info("epoch %d/%d mean losses %s", epoch, epochs, _rounded(history.losses[-1]))
-        if after_epoch is not None:
-            after_epoch(epoch)
     return history
 
 
@@ -340,7 +198,7 @@ def _rounded(values: Mapping[str, float]) -> dict[str, float]:
 
 @dataclass
 class JobResult:
-    exit_code: int
+    ending: Ending
     metrics: dict[str, Any] | None
 
 
@@ -359,7 +217,7 @@ def run_job(
     if store.exists(metrics_key):
         metrics = store.get_json(metrics_key)
         log.info("%s exists: job %s is done", store.uri_of(metrics_key), options.job_id)
-        return JobResult(0, metrics)
+        return JobResult(Ending.FINISHED, metrics)
     dist = Distributed(options.device)
     try:
         return _run(options, store, make_source, dist, should_stop)
@@ -387,12 +245,14 @@ def _run(
     except Exception as exc:  # re-raised below, on every rank
         error = exc
     dist.check(error)
-    strategy_module = getattr(source, "value", None)
-    if isinstance(strategy_module, nn.Module):
-        strategy_module.to(dist.device)  # learnable weights live where the losses are
-    extra = list(strategy_module.parameters()) if isinstance(strategy_module, nn.Module) else []
-    if dist.active and isinstance(strategy_module, GradNorm):
-        raise ValueError("GradNorm runs on one process only (its gradient norms are per rank)")
+    kept = source.kept
+    if kept is not None:
+        kept.to(dist.device)  # learnable weights live where the losses are
+        if dist.active and not kept.data_parallel:
+            raise ValueError(
+                f"{type(kept).__name__} runs on one process only (its updates use per-process "
+                "statistics)"
+            )
     loader_seed = derive_seed(seed, "data")
     loader = train_loader(train_split, model, data, loader_seed, dist.rank, dist.world)
     per_epoch = options.iterations_per_epoch or len(loader)
@@ -401,13 +261,13 @@ def _run(
         options.train,
         options.epochs * per_epoch,
         dist.device,
-        strategy_parameters=extra,
+        strategy_parameters=list(kept.parameters()) if kept is not None else [],
         distributed=dist.active,
     )
     history = History()
     last_key = layout.transfer_key(options.job_id, LAST)
     if store.exists(last_key):
-        history = _resume(store, last_key, model, trainer, strategy_module, source)
+        history = _resume(store, last_key, model, trainer, source)
         log.info("resumed %s after epoch %d", options.job_id, len(history.losses))
     elif dist.main:
         log.info(
@@ -420,27 +280,20 @@ def _run(
             dist.device,
         )
 
-    def after_epoch(epoch: int) -> None:
+    def save_last(state: IntervalState) -> None:
         if dist.main:
-            _save_last(store, last_key, model, trainer, strategy_module, source, history, epoch)
+            _save_last(store, last_key, model, trainer, source, history)
 
-    history = train_epochs(
-        trainer,
-        loader,
-        source,
-        options.epochs,
-        per_epoch,
-        dist,
-        history,
-        should_stop=should_stop,
-        after_epoch=after_epoch,
-    )
+    hooks: list[HookBase] = [ProgressLogger(options.train.log_every), CheckpointHook(save_last)]
+    if should_stop is not None:
+        hooks.insert(0, StopHook(should_stop))
+    history = train_epochs(trainer, loader, source, options.epochs, per_epoch, dist, history, hooks)
     dist.barrier()
     if history.diverged is None and len(history.losses) < options.epochs:
         log.warning("stopped after epoch %d; run again to resume", len(history.losses))
-        return JobResult(143, None)
+        return JobResult(Ending.STOPPED, None)
     if not dist.main:
-        return JobResult(0, None)
+        return JobResult(Ending.FINISHED, None)
     scores: dict[str, float | None] = dict.fromkeys(("pq", "pq_th", "pq_st", "sq", "rq"))
     if history.diverged is None:
         val_split = open_split(data.root, options.val_split)
@@ -470,7 +323,7 @@ def _run(
     metrics = {
         **scores,
         **history.as_dict(),
-        "clipped": getattr(source, "clipped", None),
+        "clipped": source.clipped,
         "epochs": options.epochs,
         "iterations_per_epoch": per_epoch,
         "batch_size": data.batch_size,
@@ -495,7 +348,7 @@ def _run(
     store.put_json(layout.transfer_key(options.job_id, METRICS), metrics)
     store.delete(layout.transfer_key(options.job_id, LAST))
     log.info("metrics written to %s", store.uri_of(layout.transfer_key(options.job_id, METRICS)))
-    return JobResult(1 if history.diverged else 0, metrics)
+    return JobResult(Ending.DIVERGED if history.diverged else Ending.FINISHED, metrics)
 
 
 def _save_last(
@@ -503,12 +356,11 @@ def _save_last(
     key: str,
     model: nn.Module,
     trainer: Trainer,
-    strategy_module: Any,
-    source: Any,
+    source: WeightSource,
     history: History,
-    epoch: int,
 ) -> None:
-    """The resume point after ``epoch``: model, optimizer, RNG, learnable weights, history."""
+    """The resume point after the last recorded epoch: model, optimizer, RNG, learnable
+    weights, history."""
     checkpoint = Checkpoint(
         model_name=model.model_name,
         model_config=model.config,
@@ -517,24 +369,17 @@ def _save_last(
         rng_state=capture_rng_state(),
         weights=history.weights[-1],
         extra={
-            "epoch": epoch,
+            "epoch": len(history.losses),
             "history": history.as_dict(),
-            "clipped": getattr(source, "clipped", None),
-            "strategy": (
-                strategy_module.state_dict() if isinstance(strategy_module, nn.Module) else None
-            ),
+            "clipped": source.clipped,
+            "strategy": source.kept.state_dict() if source.kept is not None else None,
         },
     )
     save_checkpoint(store, key, checkpoint)
 
 
 def _resume(
-    store: ObjectStore,
-    key: str,
-    model: nn.Module,
-    trainer: Trainer,
-    strategy_module: Any,
-    source: Any,
+    store: ObjectStore, key: str, model: nn.Module, trainer: Trainer, source: WeightSource
 ) -> History:
     checkpoint = load_checkpoint(store, key)
     if checkpoint.model_name != model.model_name:
@@ -546,9 +391,9 @@ def _resume(
     if checkpoint.rng_state is not None:
         restore_rng_state(checkpoint.rng_state)
     extra = checkpoint.extra
-    if isinstance(strategy_module, nn.Module) and extra.get("strategy") is not None:
-        strategy_module.load_state_dict(extra["strategy"])
-    if extra.get("clipped") is not None and hasattr(source, "clipped"):
+    if source.kept is not None and extra.get("strategy") is not None:
+        source.kept.load_state_dict(extra["strategy"])
+    if extra.get("clipped") is not None and source.clipped is not None:
         source.clipped[:] = extra["clipped"]
     return History.from_dict(extra["history"])
 
