@@ -35,12 +35,13 @@ os.environ.setdefault("RAYON_NUM_THREADS", str(WORKERS))
 
 import numpy as np  # noqa: E402
 
-from trainer_image import pq_cli  # noqa: E402
 from trainer_image.data.coco_panoptic import PanopticSplit, write_split  # noqa: E402
 from trainer_image.data.panoptic_png import read_panoptic_png  # noqa: E402
 from trainer_image.data.synth import synthesize  # noqa: E402
-from trainer_image.pq import PQEvaluator, perturb_prediction  # noqa: E402
-from trainer_image.pq_cli import pq_compute_files  # noqa: E402
+from trainer_image.eval import pq_files  # noqa: E402
+from trainer_image.eval.perturb import perturb_prediction  # noqa: E402
+from trainer_image.eval.pq import PQEvaluator  # noqa: E402
+from trainer_image.eval.pq_files import pq_compute_files  # noqa: E402
 
 GT_SPLIT = "train"
 TOLERANCE = 1e-9
@@ -142,13 +143,13 @@ def run_files(gt: Path, pred: Path, decoder: str = "best") -> dict:
     """The file path; ``decoder="libspng"`` hides imgread (the forked workers inherit that)."""
     gt_json, gt_dir = paths(gt)
     pred_json, pred_dir = paths(pred)
-    saved = pq_cli.imgread
+    saved = pq_files.imgread
     if decoder == "libspng":
-        pq_cli.imgread = None
+        pq_files.imgread = None
     try:
         return pq_compute_files(gt_json, gt_dir, pred_json, pred_dir, workers=WORKERS)
     finally:
-        pq_cli.imgread = saved
+        pq_files.imgread = saved
 
 
 def run_cli(gt: Path, pred: Path) -> dict:
@@ -341,7 +342,7 @@ def main() -> int:
     wall = {name: best for name, best, _, _, _ in rows}
     cpu = {name: value for name, _, _, value, _ in rows}
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"decoder of the file path: {pq_cli.imgread and 'imgread' or 'libspng (pyspng)'}")
+    print(f"decoder of the file path: {pq_files.imgread and 'imgread' or 'libspng (pyspng)'}")
     print("ratios by wall clock (by CPU seconds in brackets):")
     for label, numerator, denominator, target in (
         ("in memory vs pq_compute", PQ_COMPUTE, MEMORY, "target >= 20x faster"),

@@ -36,7 +36,8 @@ except ImportError:  # the baseline's layout
     from controller_service.store import FileStore
 from controller_service.runs import MemberReport, RunRepository, RunSpec
 
-m, n, rounds, record = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), set(map(int, sys.argv[4].split(",")))
+m, n, rounds = (int(value) for value in sys.argv[1:4])
+record = set(map(int, sys.argv[4].split(",")))
 names = tuple(f"loss{i}" for i in range(n))
 
 class Counting(FileStore):
@@ -119,7 +120,7 @@ def main() -> None:
         plan = [(m, n, 1, [1]) for m in (8, 64, 256, 1024) for n in (3, 10, 64)]
         plan += [(8, n, 100, [1, 100]) for n in (3, 10, 64)] + [(64, 3, 100, [1, 100])]
     print(f"machine: {os.cpu_count()} cores; baseline {args.baseline_commit}; {time.ctime()}")
-    print("| m | n | round | before (v1: whole state per write) | after (base + log) | bytes ratio |")
+    print("| m | n | round | before (v1: whole state per write) | after (base + log) | ratio |")
     print("| ---: | ---: | ---: | --- | --- | ---: |")
     for m, n, rounds, record in plan:
         old = measure(before, m, n, rounds, record, args.limit)

@@ -13,11 +13,11 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("controller_service.api.serve", "run the controller REST service"),
-    "worker": ("trainer_image.worker_cli", "train population members leased from a controller"),
-    "transfer": ("trainer_image.transfer_cli", "train a fresh model with weights from a policy"),
-    "train": ("trainer_image.train_cli", "train with a static weighting strategy (baselines)"),
-    "data": ("trainer_image.data_cli", "synthesize COCO-panoptic data and proxy splits"),
-    "pq": ("trainer_image.pq_cli", "panoptic quality of predictions on files (pq_compute drop-in)"),
+    "worker": ("trainer_image.cli.worker", "train population members leased from a controller"),
+    "transfer": ("trainer_image.cli.transfer", "train a fresh model with weights from a policy"),
+    "train": ("trainer_image.cli.train", "train with a static weighting strategy (baselines)"),
+    "data": ("trainer_image.cli.data", "synthesize COCO-panoptic data and proxy splits"),
+    "pq": ("trainer_image.cli.pq", "panoptic quality of predictions on files (pq_compute drop-in)"),
     "pipeline": ("pipelines.cli", "compile or submit the Kubeflow pipelines"),
     "demo": ("pipelines.demo", "run the whole method locally and print a comparison table"),
 }

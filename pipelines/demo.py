@@ -318,13 +318,13 @@ class DemoSession:
         self._add_time("equal", time.monotonic() - started)
 
     def _val_split(self) -> Any:
-        from trainer_image.session import open_split
+        from trainer_image.jobs.session import open_split
 
         return open_split(self.data_dir, "val")
 
     def _best_model(self, run: dict[str, Any]) -> Any:
-        from trainer_image.checkpoint import load_checkpoint
-        from trainer_image.session import model_from_checkpoint
+        from trainer_image.engine.checkpoint import load_checkpoint
+        from trainer_image.jobs.session import model_from_checkpoint
 
         return model_from_checkpoint(load_checkpoint(self.store, run.best.checkpoint_uri))
 
@@ -335,7 +335,7 @@ class DemoSession:
         if self.store.exists(key):
             print("already done")
             return
-        from trainer_image.evaluation import evaluate_pq
+        from trainer_image.eval.evaluate import evaluate_pq
 
         metrics = evaluate_pq(self._best_model(run), self._val_split(), self.config.batch_size)
         metrics.update(checkpoint_uri=run.best.checkpoint_uri, run=run.id, split="val")

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.net",
     "tests.fixtures.s3",
+    "tests.fixtures.tcp_proxy",
     "tests.fixtures.controller",
     "tests.fixtures.data",
 ]

@@ -11,7 +11,7 @@ import torch
 
 from controller_service.contract.store import open_store
 from tests.test_training import TwoHeadNet, make_batches
-from trainer_image.checkpoint import (
+from trainer_image.engine.checkpoint import (
     Checkpoint,
     CheckpointError,
     capture_rng_state,
@@ -21,8 +21,9 @@ from trainer_image.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from trainer_image.training import TrainConfig, Trainer
-from trainer_image.weighting import FixedWeights
+from trainer_image.engine.config import TrainConfig
+from trainer_image.engine.loop import Trainer
+from trainer_image.weighting.fixed import FixedWeights
 
 KEY = "runs/r1/checkpoints/r001-m03.pt"
 

@@ -14,6 +14,7 @@ from trainer_image.data.coco_panoptic import (
     DatasetError,
     LayoutNotFound,
     PanopticSplit,
+    escapes_folder,
     segment_stats,
     split_layouts,
     write_split,
@@ -232,6 +233,25 @@ def test_error_malformed_json(small_dir: Path, edit, message: str) -> None:
     _edit_json(small_dir, edit)
     with pytest.raises(DatasetError, match=message):
         PanopticSplit.from_dir(small_dir, "train")
+
+
+@pytest.mark.parametrize("entry", ["images", "annotations"])
+@pytest.mark.parametrize("escape", ["absolute", "dotdot"])
+def test_file_names_must_stay_inside_the_dataset(small_dir: Path, entry: str, escape: str) -> None:
+    """A JSON naming a file outside its folder is refused with the entry named, even when that
+    file exists (an absolute path or ``..`` would otherwise be read as given)."""
+    folder = small_dir / "train" if entry == "images" else _json_path(small_dir).with_suffix("")
+    existing = sorted(folder.iterdir())[0]
+    name = str(existing) if escape == "absolute" else f"../{folder.name}/{existing.name}"
+    _edit_json(small_dir, lambda data: data[entry][1].update(file_name=name))
+    with pytest.raises(DatasetError, match="points outside the") as err:
+        PanopticSplit.from_dir(small_dir, "train")
+    assert f"{entry}[1]" in str(err.value) and repr(name) in str(err.value)
+
+
+def test_file_names_in_subfolders_are_fine() -> None:
+    assert not escapes_folder("sub/000000000001.png")
+    assert escapes_folder("/etc/passwd") and escapes_folder("a/../../b.png")
 
 
 def test_error_json_not_json(small_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""What every trainer opens the same way (trainer_image/session.py): splits by layout, and
+"""What every trainer opens the same way (trainer_image/jobs/session.py): splits by layout, and
 batching and proxy-val settings checked before any work is taken on."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures.data import LAYOUTS, real_sample_layout
 from trainer_image.data.coco_panoptic import PanopticSplit
-from trainer_image.session import (
+from trainer_image.jobs.session import (
     DataOptions,
     SetupError,
     check_batching,

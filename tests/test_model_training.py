@@ -13,8 +13,8 @@ import torch
 from trainer_image.data.coco_panoptic import PanopticSplit
 from trainer_image.data.loader import make_loader
 from trainer_image.data.synth import synthesize
+from trainer_image.eval.pq import PQEvaluator
 from trainer_image.models import PanopticDeepLab, build_model
-from trainer_image.pq import PQEvaluator
 
 
 @pytest.fixture()

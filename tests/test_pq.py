@@ -21,14 +21,14 @@ from panopticapi.evaluation import pq_compute, pq_compute_single_core
 
 from trainer_image.data.coco_panoptic import Category, PanopticSplit, Segment
 from trainer_image.data.panoptic_png import id2rgb, write_panoptic_png
-from trainer_image.pq import (
+from trainer_image.eval.perturb import perturb_prediction
+from trainer_image.eval.pq import (
     _DENSE_PAIR_CELLS,
     PairRuns,
     PQEvaluator,
     PQInputError,
     _runs_torch,
     format_table,
-    perturb_prediction,
 )
 
 TOLERANCE = 1e-9
@@ -238,7 +238,7 @@ def test_cached_ground_truth_keeps_the_json_order_of_crowd_segments(tmp_path: Pa
     the crowd region, ignore the prediction lying on 30 instead of counting it as a false
     positive, and report PQ 1.0 where pq_compute reports 0.5."""
     from trainer_image.data.coco_panoptic import Record
-    from trainer_image.evaluation import GroundTruthCache
+    from trainer_image.eval.evaluate import GroundTruthCache
 
     ids = np.full((4, 8), 9, np.int32)
     ids[0:2, 0:2] = 30  # crowd of THING, listed first

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from tests.test_pq import run_pq_compute
-from trainer_image import pq_cli
+from trainer_image.cli import pq as pq_cli
 from trainer_image.data.coco_panoptic import PanopticSplit, write_split
-from trainer_image.pq import PQInputError, format_table, perturb_prediction
-from trainer_image.pq_cli import pq_compute_files
+from trainer_image.eval.perturb import perturb_prediction
+from trainer_image.eval.pq import PQInputError, format_table
+from trainer_image.eval.pq_files import pq_compute_files
 
 TOLERANCE = 1e-9
 
@@ -153,6 +154,26 @@ def test_bad_inputs_are_named(
 
     with pytest.raises(PQInputError, match="workers"):
         pq_compute_files(files["gt_json"], None, files["pred_json"], None, workers=0)
+
+
+def test_file_names_outside_the_png_folders_are_refused(
+    tmp_path: Path, synth_files: dict[str, str], capsys: pytest.CaptureFixture
+) -> None:
+    """An annotation whose ``file_name`` is absolute (or climbs out with ``..``) names a PNG
+    outside its folder: refused with the image named, although the file exists."""
+    for key, folder in (("gt_json", "gt_dir"), ("pred_json", "pred_dir")):
+        data = json.loads(Path(synth_files[key]).read_text())
+        annotation = data["annotations"][0]
+        for name in (
+            str(Path(synth_files[folder]) / annotation["file_name"]),
+            f"../{Path(synth_files[folder]).name}/{annotation['file_name']}",
+        ):
+            annotation["file_name"] = name
+            edited = tmp_path / f"edited-{key}.json"
+            edited.write_text(json.dumps(data))
+            code, err = run_main({**synth_files, key: str(edited)}, capsys)
+            assert code == 2 and repr(name) in err and "inside its PNG folder" in err, err
+            assert repr(annotation["image_id"]) in err
 
 
 def test_command_exit_code_and_message_through_a_subprocess(

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from trainer_image.training import (
-    TrainConfig,
-    Trainer,
+from trainer_image.engine import compile as compile_module
+from trainer_image.engine.batches import forever
+from trainer_image.engine.compile import maybe_compile, missing_toolchain, resolve_compile
+from trainer_image.engine.config import TrainConfig
+from trainer_image.engine.hooks import (
+    CheckpointHook,
+    HeartbeatHook,
+    HookBase,
+    IntervalState,
+    StopHook,
+)
+from trainer_image.engine.loop import Trainer
+from trainer_image.engine.optim import (
     apply_weights,
     build_param_groups,
     clip_gradients,
     cosine_factor,
-    forever,
-    resolve_compile,
     set_learning_rates,
 )
-from trainer_image.weighting import FixedWeights, UncertaintyWeighting
+from trainer_image.weighting.base import WeightingStrategy
+from trainer_image.weighting.fixed import FixedWeights
+from trainer_image.weighting.uncertainty import UncertaintyWeighting
 
 
 class TwoHeadNet(nn.Module):
@@ -171,7 +183,7 @@ def test_nan_loss_stops_the_interval_as_diverged_without_touching_the_weights() 
         assert torch.equal(value, before[key]), key
 
 
-def test_should_stop_is_checked_before_every_step_and_heartbeat_is_called() -> None:
+def test_the_stop_hook_is_checked_before_every_step_and_the_heartbeat_hook_after() -> None:
     model = TwoHeadNet()
     trainer = Trainer(model, PLAIN, total_iterations=10)
     beats: list[int] = []
@@ -179,9 +191,10 @@ def test_should_stop_is_checked_before_every_step_and_heartbeat_is_called() -> N
         iter(make_batches(10)),
         FixedWeights.equal("ab"),
         10,
-        should_stop=lambda: model.calls >= 3,
-        heartbeat=lambda: beats.append(model.calls),
-        heartbeat_seconds=0.0,
+        hooks=[
+            StopHook(lambda: model.calls >= 3),
+            HeartbeatHook(lambda: beats.append(model.calls), seconds=0.0),
+        ],
     )
     assert result.stopped and not result.diverged
     assert result.iterations == 3 and model.calls == 3
@@ -271,9 +284,115 @@ def test_the_trainer_compiles_as_resolved(monkeypatch: pytest.MonkeyPatch) -> No
     assert compiled == [trainer.model]
 
 
+def executable(folder: Path, name: str) -> Path:
+    path = folder / name
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_compile_falls_back_to_eager_when_triton_has_no_c_compiler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No $CC and no gcc/clang on PATH (the trainer image's CUDA runtime base): the model is
+    trained eagerly, with one warning however many trainers ask. No GPU is needed: the check
+    happens before anything touches the device."""
+    compiled: list[nn.Module] = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    monkeypatch.setattr(compile_module, "_warned", set())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("CC", raising=False)
+    cuda, module = torch.device("cuda"), nn.Linear(2, 2)
+    executable(bin_dir, "cc")  # Triton does not look for cc: still missing
+    with caplog.at_level(logging.WARNING, logger="adaseg.train"):
+        assert maybe_compile(module, None, cuda) is module  # the default on CUDA
+        assert maybe_compile(module, True, cuda) is module  # --compile
+    assert compiled == []
+    (warning,) = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert "eager mode" in warning and "Triton needs a C compiler" in warning
+
+    gcc = executable(bin_dir, "gcc")
+    assert maybe_compile(module, None, cuda) is module and compiled == [module]
+    assert maybe_compile(module, False, cuda) is module and compiled == [module]  # --no-compile
+
+    # $CC is used as given: one naming no executable is missing although gcc is there ...
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert "no-such-cc" in missing_toolchain(cuda)
+    # ... and one naming an executable is enough without gcc or clang on PATH
+    gcc.unlink()
+    monkeypatch.setenv("CC", str(executable(tmp_path, "my-cc")))
+    assert missing_toolchain(cuda) is None
+    # on CPU (compile only with --compile) nothing is checked: Inductor's C++ path
+    monkeypatch.delenv("CC")
+    assert missing_toolchain(torch.device("cpu")) is None
+
+
+def test_the_head_rule_follows_the_strategy_not_its_class() -> None:
+    """The loop asks a strategy for ``head_lr_weights``; any strategy that offers them gets
+    lr/λ heads, one that offers none trains every head at lr."""
+
+    class Halved(WeightingStrategy):
+        weights = {"a": 2.0, "b": 0.5}
+        head_lr_weights = {"a": 2.0, "b": 0.5}
+
+        def combine(self, losses):
+            return sum(self.weights[name] * loss for name, loss in losses.items())
+
+    class Plain(Halved):
+        head_lr_weights = None
+
+    lrs = {}
+    for strategy in (Halved(), Plain()):
+        trainer = Trainer(TwoHeadNet(), PLAIN, total_iterations=100)
+        trainer.train_interval(iter(make_batches(1)), strategy, 1)
+        lrs[type(strategy).__name__] = [g["lr"] for g in trainer.optimizer.param_groups]
+    factor = cosine_factor(0, 100)
+    assert lrs["Halved"] == pytest.approx([0.1 * factor, 0.05 * factor, 0.2 * factor])
+    assert lrs["Plain"] == pytest.approx([0.1 * factor] * 3)
+
+
+def test_hooks_run_in_order_around_every_step_and_see_the_result() -> None:
+    calls: list[str] = []
+
+    class Recorder(HookBase):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def before_train(self, state: IntervalState) -> None:
+            calls.append(f"{self.name}:before_train")
+
+        def before_step(self, state: IntervalState) -> None:
+            calls.append(f"{self.name}:before_step{state.done}")
+
+        def after_step(self, state: IntervalState) -> None:
+            calls.append(f"{self.name}:after_step{state.done}")
+
+        def after_train(self, state: IntervalState) -> None:
+            calls.append(f"{self.name}:after_train{state.result.iterations}")
+
+    saved: list[int] = []
+    trainer = Trainer(TwoHeadNet(), PLAIN, total_iterations=10)
+    hooks = [Recorder("x"), Recorder("y"), CheckpointHook(lambda s: saved.append(s.done))]
+    trainer.train_interval(iter(make_batches(2)), FixedWeights.equal("ab"), 2, hooks=hooks)
+    assert calls == [
+        "x:before_train", "y:before_train",
+        "x:before_step0", "y:before_step0", "x:after_step1", "y:after_step1",
+        "x:before_step1", "y:before_step1", "x:after_step2", "y:after_step2",
+        "x:after_train2", "y:after_train2",
+    ]  # fmt: skip
+    assert saved == [2]
+    # a stopped interval is no resume point
+    stopped = trainer.train_interval(
+        iter(make_batches(2)), FixedWeights.equal("ab"), 2, hooks=[StopHook(lambda: True), hooks[2]]
+    )
+    assert stopped.stopped and stopped.iterations == 0 and saved == [2]
+
+
 @pytest.mark.parametrize("command", TRAINER_COMMANDS)
 def test_every_trainer_cli_sets_compile_momentum_and_weight_decay(command: str) -> None:
-    from trainer_image.worker_cli import train_config
+    from trainer_image.cli.base import train_config
 
     default = train_config(parse_trainer_flags(command))
     assert (default.compile, default.momentum, default.weight_decay) == (None, 0.9, 1e-4)
@@ -311,3 +430,25 @@ def test_momentum_and_weight_decay_reach_the_optimizer() -> None:
     trainer = Trainer(TwoHeadNet(), TrainConfig(momentum=0.5, weight_decay=0.0), 1)
     groups = trainer.optimizer.param_groups
     assert [(g["momentum"], g["weight_decay"]) for g in groups] == [(0.5, 0.0)] * len(groups)
+
+
+@pytest.mark.parametrize("command", TRAINER_COMMANDS)
+def test_store_retry_seconds_flag_and_environment(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    from trainer_image.cli.base import open_trainer_store
+
+    monkeypatch.delenv("ADASEG_STORE_RETRY_SECONDS", raising=False)
+    assert parse_trainer_flags(command).store_retry_seconds == 300.0
+    monkeypatch.setenv("ADASEG_STORE_RETRY_SECONDS", "45")
+    args = parse_trainer_flags(command)
+    assert args.store_retry_seconds == 45.0
+    assert parse_trainer_flags(command, "--store-retry-seconds", "0").store_retry_seconds == 0.0
+    args.store = tmp_path.as_uri()
+    store = open_trainer_store(args)  # every command's store rides out outages that long
+    assert store.retry_seconds == 45.0 and store.uri == tmp_path.as_uri()
+    monkeypatch.setenv("ADASEG_STORE_RETRY_SECONDS", "soon")
+    with pytest.raises(SystemExit) as exit_:
+        parse_trainer_flags(command)
+    assert exit_.value.code == 2
+    assert "argument --store-retry-seconds: must be a number" in capsys.readouterr().err

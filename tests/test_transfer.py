@@ -16,10 +16,13 @@ from controller_service.contract.client import ControllerClient
 from controller_service.contract.store import open_store
 from tests.fixtures.controller import ControllerProcess, start_controller
 from tests.fixtures.data import real_sample_layout
-from trainer_image.checkpoint import load_checkpoint
-from trainer_image.session import DataOptions
-from trainer_image.training import TrainConfig
-from trainer_image.transfer import ConstantStrategy, JobOptions, run_job, static_strategy
+from trainer_image.engine.checkpoint import load_checkpoint
+from trainer_image.engine.config import TrainConfig
+from trainer_image.jobs.ending import Ending
+from trainer_image.jobs.epochs import JobOptions, run_job
+from trainer_image.jobs.session import DataOptions
+from trainer_image.jobs.train import ConstantStrategy
+from trainer_image.weighting.registry import build_strategy
 
 LOSSES = ["semantic", "center", "offset"]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -192,7 +195,7 @@ def test_an_interrupted_job_resumes_to_the_same_result(synth_dir: Path, tmp_path
     store = open_store(tmp_path.as_uri())
 
     def uncertainty(model, dist):
-        return ConstantStrategy(static_strategy("uncertainty", model))
+        return ConstantStrategy(build_strategy("uncertainty", model))
 
     straight = run_job(job(tmp_path, synth_dir, "straight"), store, uncertainty).metrics
     calls = iter(range(100))
@@ -202,7 +205,7 @@ def test_an_interrupted_job_resumes_to_the_same_result(synth_dir: Path, tmp_path
         uncertainty,
         should_stop=lambda: next(calls) >= 2,
     )
-    assert stopped.exit_code == 143 and stopped.metrics is None
+    assert stopped.ending is Ending.STOPPED and stopped.metrics is None
     assert store.exists("transfers/resumed/last.pt")
     assert not store.exists("transfers/resumed/metrics.json")
     resumed = run_job(job(tmp_path, synth_dir, "resumed"), store, uncertainty).metrics

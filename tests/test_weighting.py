@@ -1,4 +1,4 @@
-"""Static weighting strategies: values checked by hand."""
+"""Weighting strategies: values checked by hand, and the registry that names them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainer_image.weighting import FixedWeights, GradNorm, UncertaintyWeighting
+from trainer_image.weighting.fixed import FixedWeights
+from trainer_image.weighting.gradnorm import GradNorm
+from trainer_image.weighting.registry import build_strategy, register_strategy, strategy_names
+from trainer_image.weighting.uncertainty import UncertaintyWeighting
 
 
 def test_fixed_weights_sum_and_validation() -> None:
@@ -73,3 +76,71 @@ def test_gradnorm_raises_the_weight_of_the_lagging_task() -> None:
 def test_gradnorm_needs_shared_parameters() -> None:
     with pytest.raises(ValueError, match="last shared layer"):
         GradNorm(["a"], [])
+
+
+class TinyModel(nn.Module):
+    """What the registry's builders read of a model: loss names, heads, published weights."""
+
+    loss_names = ("a", "b")
+    model_name = "tiny"
+    published_weights = {"a": 2.0, "b": 0.5}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+        self.head_a, self.head_b = nn.Linear(3, 1), nn.Linear(3, 1)
+
+    def loss_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {"a": list(self.head_a.parameters()), "b": list(self.head_b.parameters())}
+
+
+def test_the_registry_lists_every_strategy_in_the_order_the_cli_shows() -> None:
+    assert strategy_names() == ("equal", "published", "fixed", "uncertainty", "gradnorm")
+    with pytest.raises(ValueError, match="unknown strategy 'nope'.*'equal'"):
+        build_strategy("nope", TinyModel())
+    with pytest.raises(ValueError, match="registered twice"):
+        register_strategy("equal")(lambda model, weights: FixedWeights.equal(model.loss_names))
+
+
+def test_published_reads_the_models_own_weights() -> None:
+    assert build_strategy("published", TinyModel()).weights == {"a": 2.0, "b": 0.5}
+
+    class Unpublished(TinyModel):
+        published_weights = None
+
+    with pytest.raises(ValueError, match="model 'tiny' has no published weights"):
+        build_strategy("published", Unpublished())
+
+    class Mismatched(TinyModel):
+        published_weights = {"a": 1.0, "c": 1.0}
+
+    with pytest.raises(ValueError, match=r"published weights are for \['a', 'c'\]"):
+        build_strategy("published", Mismatched())
+
+
+def test_panoptic_deeplab_publishes_its_papers_weights() -> None:
+    from trainer_image.models import PUBLISHED_WEIGHTS, PanopticDeepLab
+
+    assert PanopticDeepLab.published_weights is PUBLISHED_WEIGHTS
+
+
+def test_strategies_expose_their_parameters_and_head_rule() -> None:
+    """What the trainer asks of a strategy: its learnable parameters (trained in their own
+    group), whether heads divide their lr by it, whether it survives data parallelism."""
+    model = TinyModel()
+    built = {name: build_strategy(name, model, {"a": 3.0, "b": 1.0}) for name in strategy_names()}
+    assert {name: len(list(s.parameters())) for name, s in built.items()} == {
+        "equal": 0,
+        "published": 0,
+        "fixed": 0,
+        "uncertainty": 1,  # log_vars; GradNorm updates its weights by its own rule
+        "gradnorm": 0,
+    }
+    assert built["fixed"].head_lr_weights == {"a": 3.0, "b": 1.0}
+    assert built["equal"].head_lr_weights == {"a": 1.0, "b": 1.0}
+    assert built["uncertainty"].head_lr_weights is None
+    assert built["gradnorm"].head_lr_weights is None
+    assert [name for name, s in built.items() if not s.data_parallel] == ["gradnorm"]
+    assert built["gradnorm"].shared_parameters == [model.shared.weight]
+    with pytest.raises(ValueError, match="--weights must give one value for each of"):
+        build_strategy("fixed", model, {"a": 1.0})

@@ -1,11 +1,13 @@
 """Workers against the real controller: whole tiny runs, kills, SIGTERM, bad input.
 
 Every worker is a real ``python -m controller_service worker`` process; the
-controller is the real service (tests/fixtures/controller.py).
+controller is the real service (tests/fixtures/controller.py), the S3 store moto's server
+(behind a proxy that stages outages, tests/fixtures/tcp_proxy.py).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from controller_service.contract.client import ControllerClient
 from controller_service.contract.store import open_store
 from controller_service.runs.views import schedule_position
 from tests.fixtures.controller import ControllerProcess, start_controller
-from trainer_image.checkpoint import load_checkpoint
+from trainer_image.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -284,9 +286,10 @@ def test_a_member_whose_loss_goes_non_finite_is_reported_as_diverged(
 ) -> None:
     """In-process worker with an absurd learning rate: the first step blows the weights up,
     the second loss is non-finite, and the controller hears "diverged", not silence."""
-    from trainer_image.session import DataOptions
-    from trainer_image.training import TrainConfig
-    from trainer_image.worker import Worker, WorkerOptions
+    from trainer_image.engine.config import TrainConfig
+    from trainer_image.jobs.ending import Ending
+    from trainer_image.jobs.member import Worker, WorkerOptions
+    from trainer_image.jobs.session import DataOptions
 
     client = ControllerClient(controller.url)
     run = client.create_run(LOSSES, population=2, rounds=1, seed=1)
@@ -298,7 +301,7 @@ def test_a_member_whose_loss_goes_non_finite_is_reported_as_diverged(
         train=TrainConfig(lr=1e30, log_every=0),
         max_assignments=1,
     )
-    assert Worker(client, open_store(controller.store_uri), options).run() == 0
+    assert Worker(client, open_store(controller.store_uri), options).run() is Ending.FINISHED
     record = client.get_run(run["id"])
     candidate = record["history"][0]["candidates"][0]
     assert candidate["diverged"] and "non-finite loss" in candidate["reason"]
@@ -340,8 +343,8 @@ def image(split, record):
 
 def test_cached_evaluation_equals_pq_on_the_raw_ground_truth(synth_val) -> None:
     """The cache's compact index maps give exactly the PQ of the original ids, batched or not."""
-    from trainer_image.evaluation import GroundTruthCache, evaluate_pq, summarize
-    from trainer_image.pq import PQEvaluator
+    from trainer_image.eval.evaluate import GroundTruthCache, evaluate_pq, summarize
+    from trainer_image.eval.pq import PQEvaluator
 
     oracle = ShiftedOracle(synth_val)
     assert len(oracle.truth) == len(synth_val)  # every image has its own key
@@ -356,3 +359,79 @@ def test_cached_evaluation_equals_pq_on_the_raw_ground_truth(synth_val) -> None:
     cache = GroundTruthCache(synth_val)
     assert evaluate_pq(oracle, synth_val, batch_size=3, cache=cache) == pytest.approx(expected)
     assert evaluate_pq(oracle, synth_val, batch_size=1, cache=cache) == pytest.approx(expected)
+
+
+def test_a_member_whose_start_checkpoint_is_truncated_is_reported_failed(
+    controller_factory, synth_dir: Path, tmp_path: Path
+) -> None:
+    """The common initial model ``init.pt`` is truncated, so the pseudo epoch cannot be
+    trained: the worker reports ``failed`` with the reason each time it is given the member
+    (instead of dying and leaving the lease to expire), and after 3 failures in a row exits
+    with code 3. The controller counts the attempts (``max_attempts`` 3) and fails the run
+    with the reason.
+
+    Needs the controller side of the failure path (``failed`` reports, attempt counting):
+    until it is merged the controller refuses the reports and this test fails."""
+    controller = controller_factory()
+    client = ControllerClient(controller.url)
+    run = client.create_run(LOSSES, population=2, rounds=1, seed=4, lease_seconds=30)
+    store = open_store(controller.store_uri)
+    from trainer_image.engine.checkpoint import Checkpoint, encode_checkpoint
+
+    payload = encode_checkpoint(Checkpoint("panoptic_deeplab", {}, {}))
+    store.put(f"runs/{run['id']}/checkpoints/init.pt", payload[:-10])
+    log_path = tmp_path / "worker.log"
+    proc = start_worker(controller, run["id"], synth_dir, log_path, "w1")
+    assert finish(proc, log_path) == 3, log_path.read_text()
+    log = log_path.read_text()
+    assert log.count("phase=report failed: CheckpointError") == 3, log
+    assert "3 assignments failed in a row" in log
+    final = client.get_run(run["id"])
+    assert final["status"] == "failed", final
+    assert "truncated" in json.dumps(final)
+
+
+def test_a_store_outage_longer_than_the_http_retries_loses_no_interval(
+    controller_factory, s3_env, s3_store_uri, s3_proxy, synth_dir: Path, tmp_path: Path
+) -> None:
+    """The worker reaches S3 through a proxy that goes down while it trains round 0 and stays
+    down for OUTAGE seconds, longer than the S3 client's own retries (about 7 s) and longer
+    than the lease: the checkpoint upload retries until the store is back, the heartbeat
+    thread keeps the lease, and the interval is reported once, never re-issued. The
+    controller talks to S3 directly (it rides out outages on its own)."""
+    import httpx
+
+    outage = 15.0
+    controller = controller_factory(s3_store_uri, env=s3_env)
+    client = ControllerClient(controller.url)
+    run = client.create_run(LOSSES, population=2, rounds=1, seed=6, lease_seconds=10)
+    log_path = tmp_path / "worker.log"
+    proc = start_worker(
+        controller,
+        run["id"],
+        synth_dir,
+        log_path,
+        "w1",
+        env={**s3_env, "ADASEG_S3_ENDPOINT": s3_proxy.endpoint},
+        extra=["--store-retry-seconds", "120"],
+    )
+    wait_for_line(proc, log_path, "[round 0 member 0] it 1/")  # init.pt is in the store
+    s3_proxy.down()
+    down_at = time.monotonic()
+    try:
+        wait_for_line(proc, log_path, "store put of")  # the upload met the outage
+        time.sleep(max(0.0, down_at + outage - time.monotonic()))
+        assert "[round 0 member 0] phase=save" not in log_path.read_text()
+    finally:
+        s3_proxy.up()
+    assert finish(proc, log_path) == 0, log_path.read_text()
+    log = log_path.read_text()
+    assert "gave up" not in log and "phase=report failed" not in log
+    retries = [line for line in log.splitlines() if "store put of" in line]
+    assert len(retries) >= 2, retries  # more than the S3 client's own retries were needed
+    final = client.get_run(run["id"])
+    check_complete_run(final, s3_store_uri, rounds=1, population=2, per_epoch=2)
+    members = [c for record in final["history"] for c in record["candidates"] if c["valid"]]
+    assert [c["attempts"] for c in members] == [1, 1, 1]
+    metrics = httpx.get(f"{controller.url}/metrics").text
+    assert prometheus_value(metrics, "adaseg_leases_expired_total") == 0.0

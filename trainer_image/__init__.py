@@ -1,1 +1,2 @@
-"""Ada-Segment trainer: data, models, PQ, weighted training, worker and transfer runs."""
+"""Ada-Segment trainer: commands (``cli``), the training loop (``engine``), loss weighting
+(``weighting``), PQ (``eval``), worker and epoch jobs (``jobs``), ``data`` and ``models``."""

@@ -71,7 +71,7 @@ def ensure_proxy_splits(data_dir: Path, seed: int, proxy_val: float) -> tuple[st
     Each is a JSON of its images plus links to the train split's folders; idempotent.
     """
     from trainer_image.data.split import proxy_split
-    from trainer_image.session import open_split
+    from trainer_image.jobs.session import open_split
 
     names = proxy_split_names(seed)
     annotations = data_dir / "annotations"
@@ -94,7 +94,7 @@ def ensure_proxy_splits(data_dir: Path, seed: int, proxy_val: float) -> tuple[st
 
 def model_loss_names(data_dir: Path) -> list[str]:
     """The default model's loss names, in its order (what runs are created with)."""
-    from trainer_image.session import fresh_model, open_split
+    from trainer_image.jobs.session import fresh_model, open_split
 
     return list(fresh_model(MODEL, open_split(data_dir, "train").categories, None, 0).loss_names)
 
@@ -104,9 +104,9 @@ def evaluate_checkpoint(ctx: Context, uri: str, threads: int) -> dict[str, float
     import torch
 
     from controller_service.contract.store import open_store
-    from trainer_image.checkpoint import load_checkpoint
-    from trainer_image.evaluation import evaluate_pq
-    from trainer_image.session import model_from_checkpoint, open_split
+    from trainer_image.engine.checkpoint import load_checkpoint
+    from trainer_image.eval.evaluate import evaluate_pq
+    from trainer_image.jobs.session import model_from_checkpoint, open_split
 
     torch.set_num_threads(threads)
     model = model_from_checkpoint(load_checkpoint(open_store(ctx.store_uri), uri))
@@ -382,7 +382,7 @@ def run_untrained(ctx: Context, cell: Cell) -> dict[str, Any]:
 
 def run_pbt_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     from bench.effectiveness.pbt import PbtConfig, final_best, run_pbt, trained_members
-    from trainer_image.session import DataOptions
+    from trainer_image.jobs.session import DataOptions
 
     s = ctx.scale
     job = ctx.job_id(cell)

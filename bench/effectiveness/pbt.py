@@ -9,7 +9,7 @@ round times exp(N(0, sigma²)) per loss (an evolution strategy's mutation,
 positive by construction and indifferent to the weights' orders of magnitude).
 Round 1's parent is the pseudo epoch's all-ones vector.
 
-The members are trained by the real worker code (:class:`trainer_image.worker.Worker`)
+The members are trained by the real worker code (:class:`trainer_image.jobs.member.Worker`)
 in a pool of processes; a local stand-in takes the place of the controller
 client and keeps the reports. The state (every round's weights, results and
 best member) is a JSON file written after each member, so an interrupted run
@@ -213,8 +213,8 @@ def _init_process(config: PbtConfig, store_uri: str, data: Any, batch_size: int)
     import torch
 
     from controller_service.contract.store import open_store
-    from trainer_image.worker import Worker, WorkerOptions
-    from trainer_image.worker_cli import setup_logging
+    from trainer_image.cli.base import setup_logging
+    from trainer_image.jobs.member import Worker, WorkerOptions
 
     global _WORKER
     setup_logging("info")

@@ -19,7 +19,8 @@ where ``s`` is ``train2017`` / ``val2017`` for ``--split train`` / ``val`` (or
 the three paths explicitly (the COCO panoptic API's sample data uses other names).
 
 Everything cheap is validated when the split is opened (JSON structure,
-unknown category ids, files named in the JSON but absent), the rest when a
+unknown category ids, file names that are absolute or climb out of their
+folder with ``..``, files named in the JSON but absent), the rest when a
 file is loaded (corrupt PNG or image, size mismatch, PNG ids without a
 ``segments_info`` entry). Every error is a ``DatasetError`` naming the file and
 what is wrong, because a training pod that dies with a bare ``KeyError`` after
@@ -32,7 +33,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -133,6 +134,25 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def escapes_folder(file_name: str) -> bool:
+    """Whether a ``file_name`` from a JSON would name a file outside the folder it is joined
+    to: an absolute path (``folder / "/etc/passwd"`` is ``/etc/passwd``) or one with a ``..``
+    part. A dataset is read from its root only; subfolders are fine."""
+    path = PurePosixPath(file_name)
+    return path.is_absolute() or ".." in path.parts
+
+
+def _file_name(obj: Any, where: str, what: str) -> str:
+    """``obj["file_name"]``: a string naming a file inside the dataset's ``what`` folder."""
+    name = _field(obj, "file_name", str, where)
+    if escapes_folder(name):
+        raise DatasetError(
+            f"{where}: file_name {name!r} points outside the {what} folder (absolute, or with "
+            "'..'); file names must be relative to the dataset's folders"
+        )
+    return name
+
+
 def parse_categories(raw: Any, source: str) -> list[Category]:
     """The ``categories`` list of a panoptic JSON → ``Category`` sorted by id."""
     if not isinstance(raw, list) or not raw:
@@ -188,7 +208,7 @@ def parse_records(data: Any, source: str, categories: Sequence[Category]) -> lis
         image_id = _field(image, "id", (int, str), where)
         if image_id in by_id:
             raise DatasetError(f"{where}: duplicate image id {image_id!r}")
-        _field(image, "file_name", str, where)
+        _file_name(image, where, "image")
         _field(image, "height", int, where)
         _field(image, "width", int, where)
         by_id[image_id] = image
@@ -218,7 +238,7 @@ def parse_records(data: Any, source: str, categories: Sequence[Category]) -> lis
             Record(
                 image_id=image_id,
                 file_name=image["file_name"],
-                png_name=_field(ann, "file_name", str, where),
+                png_name=_file_name(ann, where, "panoptic PNG"),
                 height=image["height"],
                 width=image["width"],
                 segments=segments,

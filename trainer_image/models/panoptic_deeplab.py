@@ -142,6 +142,7 @@ class PanopticDeepLab(nn.Module):
     """Panoptic-DeepLab with named, unweighted losses (see module docstring)."""
 
     loss_names = ("semantic", "center", "offset")
+    published_weights = PUBLISHED_WEIGHTS  # `adaseg train --strategy published`
     model_name: str  # set by register_model
 
     def __init__(self, categories: Sequence[Any], preset: str = "tiny", **overrides: Any):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainer_image.data.coco_panoptic import PanopticSplit
 from trainer_image.data.loader import normalize_image
-from trainer_image.pq import PQEvaluator
+from trainer_image.eval.pq import PQEvaluator
 
 
 class GroundTruthCache:

@@ -8,9 +8,8 @@ import argparse
 import uuid
 from typing import Any
 
-from trainer_image.transfer import STRATEGIES
-from trainer_image.transfer_cli import add_job_arguments, run_cli_job
-from trainer_image.worker_cli import fail
+from trainer_image.cli.base import ExitCode, fail
+from trainer_image.cli.epoch_job import add_job_arguments, run_epoch_job
 
 
 def parse_weights(text: str) -> list[float]:
@@ -24,7 +23,9 @@ def parse_weights(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--strategy", required=True, choices=STRATEGIES)
+    from trainer_image.weighting.registry import strategy_names
+
+    parser.add_argument("--strategy", required=True, choices=strategy_names())
     parser.add_argument(
         "--weights",
         type=parse_weights,
@@ -36,10 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from trainer_image.transfer import ConstantStrategy, static_strategy
+    from trainer_image.jobs.train import ConstantStrategy
+    from trainer_image.weighting.registry import build_strategy
 
     if (args.strategy == "fixed") != (args.weights is not None):
-        return fail("train", "--weights goes with --strategy fixed, and only with it", 2)
+        message = "--weights goes with --strategy fixed, and only with it"
+        return fail("train", message, ExitCode.USAGE)
     job_id = args.out_id or f"train-{args.strategy}-{uuid.uuid4().hex[:8]}"
     metadata: dict[str, Any] = {"strategy": args.strategy, "mode": f"static:{args.strategy}"}
 
@@ -52,6 +55,6 @@ def main(args: argparse.Namespace) -> int:
                     f"--weights has {len(args.weights)} values; the model's losses are {names}"
                 )
             weights = dict(zip(names, args.weights, strict=True))
-        return ConstantStrategy(static_strategy(args.strategy, model, weights))
+        return ConstantStrategy(build_strategy(args.strategy, model, weights))
 
-    return run_cli_job("train", args, job_id, metadata, make_source)
+    return run_epoch_job("train", args, job_id, metadata, make_source)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from trainer_image.checkpoint import Checkpoint
 from trainer_image.data.coco_panoptic import LayoutNotFound, PanopticSplit
 from trainer_image.data.loader import make_loader, train_batching
 from trainer_image.data.split import proxy_split
+from trainer_image.engine.checkpoint import Checkpoint
 from trainer_image.models import build_model
 
 

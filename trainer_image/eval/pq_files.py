@@ -1,12 +1,12 @@
-"""``adaseg pq``: PQ of predictions stored as files, a drop-in for panopticapi's ``pq_compute``.
+"""PQ of predictions stored as files, a drop-in for panopticapi's ``pq_compute``.
 
 ``pq_compute_files`` reads the same inputs as ``pq_compute`` (a panoptic JSON
 and a PNG folder for ground truth and for predictions) and returns the same
-dict; the command prints the same table, or that dict with ``--json``.
+dict; ``adaseg pq`` prints the same table, or that dict with ``--json``.
 
 Reading files is where the time goes, so the PNGs are decoded with the
 fastest decoder at hand (``imgread``, else libspng through
-``panoptic_png.decode_rgb``) and the run-length pass of ``trainer_image.pq``
+``panoptic_png.decode_rgb``) and the run-length pass of ``eval/pq.py``
 compares their RGB bytes directly: ids (R + 256·G + 256²·B) are computed for
 the few thousand run starts only, never for the whole image. ``workers``
 processes each evaluate a share of the images and their statistics are
@@ -15,24 +15,23 @@ merged.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from trainer_image.data.coco_panoptic import escapes_folder
 from trainer_image.data.panoptic_png import PanopticPngError, decode_rgb
-from trainer_image.pq import PairRuns, PQEvaluator, PQInputError, format_table
+from trainer_image.eval.pq import PairRuns, PQEvaluator, PQInputError
 
 try:  # optional: the fastest PNG decoder found on PyPI (see _read_png)
     import imgread
 except ImportError:  # pragma: no cover - exercised only without imgread
     imgread = None
 
-__all__ = ["add_arguments", "main", "pq_compute_files"]
+__all__ = ["pq_compute_files"]
 
 _ANNOTATION_KEYS = ("image_id", "file_name", "segments_info")
 
@@ -110,6 +109,12 @@ def _matched_annotations(gt: dict, pred: dict) -> list[tuple[Mapping, Mapping]]:
             missing = [key for key in _ANNOTATION_KEYS if key not in ann]
             if missing:
                 raise PQInputError(f"a {what} annotation lacks {missing}: {str(ann)[:200]}")
+            name = ann["file_name"]
+            if not isinstance(name, str) or escapes_folder(name):
+                raise PQInputError(
+                    f"{what} annotation of image {ann['image_id']!r}: file_name {name!r} must "
+                    "be a path inside its PNG folder (relative, without '..')"
+                )
     pred_by_image = {ann["image_id"]: ann for ann in pred["annotations"]}
     pairs = []
     for gt_ann in gt["annotations"]:
@@ -162,30 +167,3 @@ def pq_compute_files(
         for partial in pool.imap_unordered(_evaluate_pairs_star, tasks):
             evaluator.merge(partial)
     return evaluator.result()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gt-json", required=True, help="ground truth panoptic JSON")
-    parser.add_argument(
-        "--gt-folder", help="ground truth PNG folder (default: the JSON path without .json)"
-    )
-    parser.add_argument("--pred-json", required=True, help="predictions panoptic JSON")
-    parser.add_argument(
-        "--pred-folder", help="prediction PNG folder (default: the JSON path without .json)"
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print the dict pq_compute returns, as JSON"
-    )
-    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        result = pq_compute_files(
-            args.gt_json, args.gt_folder, args.pred_json, args.pred_folder, args.workers
-        )
-    except (PQInputError, PanopticPngError) as exc:
-        print(f"adaseg pq: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0

@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from trainer_image.cli.base import ExitCode
 from trainer_image.data.coco_panoptic import DatasetError, PanopticSplit
 
 
@@ -75,7 +76,7 @@ def _synth(args: argparse.Namespace) -> int:
     synthesize(args.out, args.images, size, args.seed, val_images=args.val_images)
     val = max(1, args.images // 4) if args.val_images is None else args.val_images
     print(f"wrote {args.images} train + {val} val images of {size[0]}x{size[1]} to {args.out}")
-    return 0
+    return ExitCode.OK
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -98,7 +99,7 @@ def _split(args: argparse.Namespace) -> int:
             )
         )
         print(f"wrote {args.out}")
-    return 0
+    return ExitCode.OK
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -114,7 +115,7 @@ def _check(args: argparse.Namespace) -> int:
         f"ok: {len(split)} images, {segments} segments ({crowd} crowd), "
         f"{len(split.categories)} categories ({len(split.thing_ids)} things)"
     )
-    return 0
+    return ExitCode.OK
 
 
 def main(args: argparse.Namespace) -> int:
@@ -123,4 +124,4 @@ def main(args: argparse.Namespace) -> int:
         return action(args)
     except (DatasetError, ValueError) as exc:  # DatasetError names the file
         print(f"adaseg data {args.action}: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR

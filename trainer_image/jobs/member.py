@@ -1,14 +1,14 @@
-"""The worker loop: lease, load, train one interval, evaluate, save, report, repeat.
+"""The member job: lease, load, train one interval, evaluate, save, report, repeat.
 
 One worker process is one trainer pod of the paper's population. It owns no
 state the run needs: everything it produces goes to the store (checkpoints)
 and the controller (losses, PQ), so killing it at any moment loses at most the
 interval in progress, which the controller re-issues when the lease expires.
 
-Round semantics (DESIGN.md): round 0 is the pseudo epoch: one member, all
-weights 1, from the common initial model ``init.pt``, which this worker
-creates (seeded by the run's seed) if it does not exist yet, or loads if it
-does (a re-issued round 0). Round t >= 1 loads its ``init_checkpoint_uri``
+Round semantics (DESIGN.md): round 0 is the pseudo epoch: one
+member, all weights 1, from the common initial model ``init.pt``, which this
+worker creates (seeded by the run's seed) if it does not exist yet, or loads if
+it does (a re-issued round 0). Round t >= 1 loads its ``init_checkpoint_uri``
 (``init.pt`` for t = 1, with a fresh optimizer; the best member of round t-1
 with its optimizer and schedule for t > 1: the broadcast). Every assignment
 trains global iterations [e·q, (e+1)·q) of one cosine schedule spanning
@@ -16,21 +16,31 @@ trains global iterations [e·q, (e+1)·q) of one cosine schedule spanning
 (rounds 1..T are epochs 0..T-1; round 0 runs at round 1's position).
 
 All members of a round see the same batches in the same order (the data seed
-depends on the run and the assignment's epoch only), so their PQs differ by their loss
-weights, not by their luck with the data.
+depends on the run and the assignment's epoch only), so their PQs differ by
+their loss weights, not by their luck with the data.
+
+Every assignment ends one of four ways (:class:`AssignmentEnd`): reported;
+*diverged* (the loss went non-finite: a property of the weights, reward −1);
+*failed* (the member could not be trained: a corrupt or truncated checkpoint,
+unreadable data, a checkpoint URI outside the store, a store error after its
+retries; reported with the reason so the controller can count attempts instead
+of waiting for the lease to expire); or abandoned (SIGTERM or a lost lease:
+nothing reported). After ``max_consecutive_failures`` failed assignments in a
+row the worker gives up (``Ending.FAILING``): one that fails everything is
+broken, and its Job should restart it. Errors of the worker's own set-up
+(``SetupError``: flags that do not fit the run) and an unreachable controller
+are not the member's fault and end the process instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -43,11 +53,24 @@ from controller_service.contract.client import (
     ControllerError,
     NotFound,
 )
-from controller_service.contract.store import ObjectStore
-from trainer_image.checkpoint import Checkpoint, capture_rng_state, load_checkpoint, save_checkpoint
-from trainer_image.data.coco_panoptic import PanopticSplit
-from trainer_image.evaluation import GroundTruthCache, evaluate_pq
-from trainer_image.session import (
+from controller_service.contract.schemas import Assignment
+from controller_service.contract.store import ObjectStore, StoreError
+from trainer_image.data.coco_panoptic import DatasetError, PanopticSplit
+from trainer_image.engine.batches import interval_batches
+from trainer_image.engine.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainer_image.engine.config import TrainConfig
+from trainer_image.engine.hooks import ProgressLogger, StopHook
+from trainer_image.engine.loop import Trainer
+from trainer_image.eval.evaluate import GroundTruthCache, evaluate_pq
+from trainer_image.jobs.ending import Ending
+from trainer_image.jobs.heartbeat import Heartbeat
+from trainer_image.jobs.session import (
     DataOptions,
     SetupError,
     derive_seed,
@@ -56,18 +79,19 @@ from trainer_image.session import (
     model_from_checkpoint,
     train_loader,
 )
-from trainer_image.training import TrainConfig, Trainer, interval_batches
-from trainer_image.weighting import FixedWeights
+from trainer_image.jobs.stop import StopFlag
+from trainer_image.weighting.fixed import FixedWeights
 
 log = logging.getLogger("adaseg.worker")
 
-EXIT_OK = 0
-EXIT_TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process it terminated
+# failures a member can have; anything else is logged with its traceback (a bug shows)
+EXPECTED_FAILURES = (CheckpointError, DatasetError, StoreError, ValueError)
+MAX_REASON_CHARS = 2000
 
 
 @dataclass
 class WorkerOptions:
-    """What ``adaseg worker`` is told; see ``worker_cli`` for the flags."""
+    """What ``adaseg worker`` is told; see ``cli/worker.py`` for the flags."""
 
     run: str
     data: DataOptions
@@ -79,6 +103,8 @@ class WorkerOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int | None = None
     max_assignments: int | None = None
+    # failed assignments in a row after which the worker gives up (Ending.FAILING)
+    max_consecutive_failures: int = 3
     # cap on one sleep while the controller says "wait" (a round closing soon)
     max_wait_seconds: float = 5.0
 
@@ -88,65 +114,11 @@ def default_worker_id() -> str:
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
 
 
-class StopFlag:
-    """Set by SIGTERM (pod eviction) or by a lost lease; the trainer checks it every step."""
-
-    def __init__(self) -> None:
-        self.terminated = threading.Event()
-        self.lease_lost = threading.Event()
-
-    def __call__(self) -> bool:
-        return self.terminated.is_set() or self.lease_lost.is_set()
-
-    @contextmanager
-    def sigterm(self) -> Iterator[StopFlag]:
-        """SIGTERM sets the flag while inside; the previous handler is restored on exit."""
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            log.warning("SIGTERM: stopping at the next step; the lease will expire unreported")
-            self.terminated.set()
-
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-
-class Heartbeat:
-    """Extends the lease from a background thread while an assignment is worked on.
-
-    Evaluation and the checkpoint upload take time too, so a per-step hook
-    would not cover them. A heartbeat refused with a 4xx (the lease expired and
-    was issued again) sets ``lost``: going on would only produce a report the
-    controller refuses, so the worker abandons the assignment instead.
-    """
-
-    def __init__(self, beat: Callable[[], Any], interval: float, lost: threading.Event) -> None:
-        self.beat = beat
-        self.interval = max(0.05, interval)
-        self.lost = lost
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except ClientError as exc:
-                log.warning("lease lost (heartbeat refused: %s); abandoning the assignment", exc)
-                self.lost.set()
-                return
-            except ControllerError as exc:  # transient: the controller may be restarting
-                log.warning("heartbeat failed, will retry: %s", exc)
+class AssignmentEnd(Enum):
+    REPORTED = "reported"  # trained and reported (or the report refused as stale)
+    DIVERGED = "diverged"  # reported diverged: the weights blew the loss up
+    FAILED = "failed"  # could not be trained; reported failed with the reason
+    ABANDONED = "abandoned"  # SIGTERM or a lost lease: nothing reported, the lease expires
 
 
 @dataclass
@@ -158,6 +130,12 @@ class Outcome:
     checkpoint_uri: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     diverged_reason: str | None = None
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line for the controller: the error's type and message, bounded."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 class Worker:
@@ -181,12 +159,11 @@ class Worker:
         self._gt_cache: GroundTruthCache | None = None
 
     # -- the loop --------------------------------------------------------------
-    def run(self) -> int:
-        """Lease and work until the run is finished; returns the process exit code."""
+    def run(self) -> Ending:
+        """Lease and work until the run is finished, SIGTERM, or too many failures."""
         run = self.client.get_run(self.options.run)  # NotFound: the caller names the run
-        self.seed = (
-            self.options.data.seed if self.options.data.seed is not None else run.config.get("seed")
-        ) or 0
+        seed = self.options.data.seed
+        self.seed = (seed if seed is not None else run.config.get("seed")) or 0
         self.loss_names = list(run.loss_names)
         log.info(
             "worker %s on run %s (%s, round %s of %s, population %s), device %s",
@@ -201,43 +178,63 @@ class Worker:
         if run.status != "finished":
             # data and flags that cannot work fail here, before a lease is taken and left to expire
             self._data()
-        done = 0
+        done = failures = 0
         while not self.stop.terminated.is_set():
             if self.options.max_assignments is not None and done >= self.options.max_assignments:
                 log.info("did %d assignments (--max-assignments); exiting", done)
-                return EXIT_OK
+                return Ending.FINISHED
             answer = self.client.lease(self.options.run, self.options.worker_id)
             if answer.state == "finished":
                 log.info("run %s is finished; exiting", self.options.run)
-                return EXIT_OK
+                return Ending.FINISHED
             if answer.state == "wait":
                 delay = min(float(answer.retry_after or 1.0), self.options.max_wait_seconds)
                 self.stop.terminated.wait(max(delay, 0.05))
                 continue
             if answer.assignment is None:
                 raise ControllerError(f"unexpected lease answer {answer!r}")
-            self.work(answer.assignment.model_dump())
+            end = self.work(answer.assignment)
             done += 1
-        return EXIT_TERMINATED
+            if end is AssignmentEnd.FAILED:
+                failures += 1
+                if failures >= self.options.max_consecutive_failures:
+                    log.error(
+                        "%d assignments failed in a row (--max-consecutive-failures); this "
+                        "worker looks broken, exiting",
+                        failures,
+                    )
+                    return Ending.FAILING
+            elif end is not AssignmentEnd.ABANDONED:
+                failures = 0
+        return Ending.STOPPED
 
-    def work(self, assignment: Mapping[str, Any]) -> None:
+    def work(self, assignment: Assignment) -> AssignmentEnd:
         """One assignment, from its initial checkpoint to its report (or a silent abandon)."""
         self.stop.lease_lost.clear()
-        run_id, assignment_id = self.options.run, assignment["id"]
-        label = f"[round {assignment['round']} member {assignment['member']}]"
-        lease_seconds = float(assignment.get("lease_seconds") or 60.0)
+        run_id, assignment_id = self.options.run, assignment.id
+        label = f"[round {assignment.round} member {assignment.member}]"
+        lease_seconds = assignment.lease_seconds
 
         def beat() -> None:
             self.client.heartbeat(run_id, assignment_id)
 
         with Heartbeat(beat, lease_seconds / 3.0, self.stop.lease_lost):
-            outcome = self._train_and_evaluate(assignment, label)
+            try:
+                outcome = self._train_and_evaluate(assignment, label)
+            except (ControllerError, SetupError):
+                raise  # not the member's fault: the process ends with its exit code
+            except Exception as exc:
+                if self.stop():  # e.g. a store retry cut short by SIGTERM
+                    log.warning("%s abandoned (%s); the lease will expire", label, exc)
+                    return AssignmentEnd.ABANDONED
+                if not isinstance(exc, EXPECTED_FAILURES):
+                    log.exception("%s unexpected error", label)
+                return self._report_failed(assignment_id, failure_reason(exc), label)
             if outcome is None or self.stop():
                 log.warning("%s abandoned before reporting; the lease will expire", label)
-                return
+                return AssignmentEnd.ABANDONED
             if outcome.diverged_reason is not None:
-                self._report_diverged(assignment_id, outcome.diverged_reason, label)
-                return
+                return self._report_diverged(assignment_id, outcome.diverged_reason, label)
             try:
                 self.client.report(
                     run_id,
@@ -249,20 +246,31 @@ class Worker:
                 )
             except (Conflict, NotFound) as exc:  # the lease was lost and re-issued
                 log.warning("%s report refused (%s); moving on", label, exc)
-                return
+                return AssignmentEnd.REPORTED
             except ClientError as exc:
                 # e.g. a loss of exactly 0, which Eq. 1 cannot divide by: the member
                 # cannot be used, but the round must not wait for it forever
-                self._report_diverged(assignment_id, f"report refused: {exc}", label)
-                return
+                return self._report_diverged(assignment_id, f"report refused: {exc}", label)
         log.info("%s phase=report PQ %.2f sent", label, outcome.pq)
+        return AssignmentEnd.REPORTED
 
-    def _report_diverged(self, assignment_id: str, reason: str, label: str) -> None:
+    def _report_diverged(self, assignment_id: str, reason: str, label: str) -> AssignmentEnd:
         try:
             self.client.report_diverged(self.options.run, assignment_id, reason)
             log.warning("%s phase=report diverged: %s", label, reason)
         except ClientError as exc:
             log.warning("%s diverged report refused (%s); moving on", label, exc)
+        return AssignmentEnd.DIVERGED
+
+    def _report_failed(self, assignment_id: str, reason: str, label: str) -> AssignmentEnd:
+        try:
+            self.client.report_failed(self.options.run, assignment_id, reason)
+            log.warning("%s phase=report failed: %s", label, reason)
+        except ClientError as exc:
+            log.warning(
+                "%s could not be trained (%s); failed report refused (%s)", label, reason, exc
+            )
+        return AssignmentEnd.FAILED
 
     # -- the phases ------------------------------------------------------------
     def _data(self) -> tuple[PanopticSplit, PanopticSplit, GroundTruthCache]:
@@ -278,11 +286,11 @@ class Worker:
             )
         return self._splits[0], self._splits[1], self._gt_cache
 
-    def _initial_model(self, assignment: Mapping[str, Any], label: str) -> tuple[Any, Checkpoint]:
+    def _initial_model(self, assignment: Assignment, label: str) -> tuple[Any, Checkpoint]:
         """The assignment's starting point; round 0 creates ``init.pt`` when it is missing."""
-        uri = assignment["init_checkpoint_uri"]
-        key = self.store.key_of(uri)
-        if int(assignment["round"]) == 0 and not self.store.exists(key):
+        uri = assignment.init_checkpoint_uri
+        key = self.store.key_of(uri)  # StoreError for a URI outside this store
+        if assignment.round == 0 and not self.store.exists(key):
             proxy_train, _, _ = self._data()
             model = fresh_model(
                 self.options.model,
@@ -309,11 +317,11 @@ class Worker:
         log.info("%s phase=load %s (%.1fs)", label, uri, time.monotonic() - started)
         return model_from_checkpoint(checkpoint), checkpoint
 
-    def _train_and_evaluate(self, assignment: Mapping[str, Any], label: str) -> Outcome | None:
+    def _train_and_evaluate(self, assignment: Assignment, label: str) -> Outcome | None:
         run_id = self.options.run
-        round_, member = int(assignment["round"]), int(assignment["member"])
-        epoch, epochs = int(assignment["epoch"]), int(assignment["epochs"])
-        weights = {name: float(value) for name, value in assignment["weights"].items()}
+        round_, member = assignment.round, assignment.member
+        epoch, epochs = assignment.epoch, assignment.epochs
+        weights = {name: float(value) for name, value in assignment.weights.items()}
         proxy_train, proxy_val, gt_cache = self._data()
         model, start = self._initial_model(assignment, label)
         loader = train_loader(
@@ -346,7 +354,7 @@ class Worker:
             interval_batches(loader, epoch, per_epoch),
             FixedWeights(weights),
             per_epoch,
-            should_stop=self.stop,
+            hooks=[StopHook(self.stop), ProgressLogger(self.options.train.log_every)],
             label=label,
         )
         if result.stopped:
@@ -380,7 +388,7 @@ class Worker:
             member=member,
             extra={"losses": result.losses, "scores": scores},
         )
-        target = assignment.get("checkpoint_uri")
+        target = assignment.checkpoint_uri
         key = (
             self.store.key_of(target)
             if target

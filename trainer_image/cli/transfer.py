@@ -1,0 +1,53 @@
+"""``adaseg transfer``: train a fresh model with loss weights from a finished run's policy.
+
+Runs on one device, or data-parallel with the same flags under torchrun::
+
+    torchrun --nproc_per_node 2 -m controller_service transfer --controller URL ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any
+
+from trainer_image.cli.epoch_job import add_job_arguments, run_epoch_job
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainer_image.jobs.transfer import MODES
+
+    parser.add_argument("--controller", required=True, help="controller URL, http://host:port")
+    parser.add_argument("--policy-run", required=True, help="finished run whose policy to use")
+    parser.add_argument("--mode", default="ensemble", choices=MODES)
+    parser.add_argument("--gamma", type=float, default=0.9, help="Eq. 7 ensemble decay")
+    parser.add_argument(
+        "--transfer-id", default=None, help="id under transfers/ (default: random); resumes"
+    )
+    add_job_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from trainer_image.jobs.transfer import ControllerWeights, check_policy_run
+
+    job_id = args.transfer_id or f"transfer-{uuid.uuid4().hex[:10]}"
+    metadata = {"mode": args.mode, "policy_run": args.policy_run, "gamma": args.gamma}
+    clients: list[Any] = []
+
+    def make_source(model: Any, dist: Any) -> ControllerWeights:
+        client = None
+        if dist.main:  # only rank 0 talks to the controller
+            from controller_service.contract.client import ControllerClient
+
+            client = ControllerClient(args.controller)
+            clients.append(client)
+            check_policy_run(client.get_run(args.policy_run), list(model.loss_names))
+        return ControllerWeights(
+            client, args.policy_run, args.mode, args.epochs, list(model.loss_names), args.gamma
+        )
+
+    try:
+        return run_epoch_job("transfer", args, job_id, metadata, make_source)
+    finally:
+        for client in clients:
+            client.close()

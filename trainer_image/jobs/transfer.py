@@ -1,0 +1,76 @@
+"""``adaseg transfer``'s weights: a finished run's policy, asked of the controller each epoch.
+
+Transfer schedule (decided): in the dynamic modes (``ensemble``, ``final``)
+epoch 1 is the pseudo epoch with every weight 1; its mean losses are l^1, and
+before epoch e+1 the controller is asked with l^e, ``epoch=e``, ``epochs=E``
+(Eq. 7). The static modes (``static-pred``, ``static-final``) ask once and keep
+the weights for all E epochs. Under torchrun only rank 0 asks
+(``rank0_only``); the epoch loop broadcasts its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller_service.contract.schemas import RunRecord
+from trainer_image.weighting.base import WeightingStrategy
+from trainer_image.weighting.fixed import FixedWeights
+
+log = logging.getLogger("adaseg.transfer")
+
+DYNAMIC_MODES = ("ensemble", "final")
+STATIC_MODES = ("static-pred", "static-final")
+MODES = DYNAMIC_MODES + STATIC_MODES
+
+
+@dataclass
+class ControllerWeights:
+    """Weights from a finished run's policy (Eq. 7 or a static mode of the paper's Table 2)."""
+
+    client: Any
+    policy_run: str
+    mode: str
+    epochs: int
+    loss_names: list[str]
+    gamma: float = 0.9
+    rank0_only: bool = True
+    kept: WeightingStrategy | None = None  # a new FixedWeights every epoch
+    clipped: list[list[str]] = field(default_factory=list)
+    _static: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    def strategy(self, epoch: int, previous_losses: Mapping[str, float] | None) -> FixedWeights:
+        if self.mode in STATIC_MODES:
+            if self._static is None:
+                self._static = self._ask(None, 1)
+            return FixedWeights(self._static)
+        if epoch == 1:  # the pseudo epoch: its losses are l^1
+            self.clipped.append([])
+            return FixedWeights.equal(self.loss_names)
+        return FixedWeights(self._ask(previous_losses, epoch - 1))
+
+    def _ask(self, losses: Mapping[str, float] | None, epoch: int) -> dict[str, float]:
+        answer = self.client.weights(
+            self.policy_run, losses, epoch=epoch, epochs=self.epochs, mode=self.mode,
+            gamma=self.gamma,
+        )  # fmt: skip
+        self.clipped.append(list(answer.clipped))
+        if answer.clipped:
+            log.warning("controller clipped weights %s to the floor", answer.clipped)
+        return {name: float(value) for name, value in answer.weights.items()}
+
+
+def check_policy_run(run: RunRecord, loss_names: list[str]) -> None:
+    """A transfer needs a finished run (every snapshot stored) of the model's losses."""
+    if run.status != "finished":
+        raise ValueError(
+            f"run {run.id} is {run.status}, not finished: its policy snapshots are incomplete"
+        )
+    if list(run.loss_names) != list(loss_names):
+        raise ValueError(f"run {run.id} has losses {run.loss_names}, the model {loss_names}")
