@@ -1,15 +1,16 @@
 """Someone else's training loop, with loss weights from a finished Ada-Segment run.
 
 A plain PyTorch model with two losses (classification and regression on a
-shared trunk) that knows nothing about this project's trainer. All it does is
-ask the controller for its loss weights before each epoch, passing the mean
-losses of the epoch before (the paper's Eq. 7); the first epoch uses weight 1
-for every loss (the pseudo epoch). The run it asks must have been created
-with the same loss names.
+shared trunk) that knows nothing about this project's trainer. It asks the
+controller for its loss weights before each epoch, passing the mean losses of
+the epoch before (the paper's Eq. 7); the first epoch uses weight 1 for every
+loss (the pseudo epoch). Each head trains at lr/λ of its loss, as the paper
+does (``--no-head-rule`` only weights the losses). The run it asks must have
+been created with the same loss names.
 
     python examples/external_trainer.py --controller http://127.0.0.1:8080 --run RUN --epochs 6
 
-Prints one JSON line per epoch: {"epoch", "weights", "losses"}.
+Prints one JSON line per epoch: {"epoch", "weights", "losses", "lrs"}.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import torch
 from torch import nn
 
 from controller_service.contract.client import ControllerClient
+from controller_service.contract.external import HEAD_KEY, TransferWeights, scale_head_lrs
 
 LOSS_NAMES = ("classification", "regression")
+LR = 1e-2
 
 
 class TwoTaskNet(nn.Module):
@@ -44,6 +47,7 @@ def main() -> None:
         "--run", required=True, help="a finished run with losses " + str(LOSS_NAMES)
     )
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--no-head-rule", action="store_true", help="heads at the plain lr")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -51,30 +55,35 @@ def main() -> None:
     labels = inputs[:, :3].argmax(dim=1)
     targets = 5.0 * inputs[:, 3:].sum(dim=1)  # a loss scale far from the other's
     model = TwoTaskNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
-    client = ControllerClient(args.controller)
+    groups = [  # one group per loss head (tagged with its loss), one for the shared trunk
+        {"params": model.trunk.parameters()},
+        {"params": model.classify.parameters(), HEAD_KEY: "classification"},
+        {"params": model.regress.parameters(), HEAD_KEY: "regression"},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=LR, momentum=0.9)
+    transfer = TransferWeights(ControllerClient(args.controller), args.run, LOSS_NAMES, args.epochs)
 
-    weights = dict.fromkeys(LOSS_NAMES, 1.0)  # epoch 1: the pseudo epoch
     for epoch in range(1, args.epochs + 1):
-        sums = dict.fromkeys(LOSS_NAMES, 0.0)
-        batches = torch.randperm(len(inputs)).split(32)
-        for index in batches:
+        weights = dict(transfer.weights)
+        if not args.no_head_rule:
+            scale_head_lrs(optimizer.param_groups, weights, LR)
+        for index in torch.randperm(len(inputs)).split(32):
             logits, values = model(inputs[index])
             losses = {
                 "classification": nn.functional.cross_entropy(logits, labels[index]),
                 "regression": nn.functional.mse_loss(values, targets[index]),
             }
-            total = sum(weights[name] * loss for name, loss in losses.items())
             optimizer.zero_grad()
-            total.backward()
+            transfer.weighted(losses).backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
-            for name, loss in losses.items():
-                sums[name] += loss.item() / len(batches)
-        print(json.dumps({"epoch": epoch, "weights": weights, "losses": sums}), flush=True)
-        if epoch < args.epochs:  # the weights of epoch e+1 from the mean losses of epoch e
-            answer = client.weights(args.run, sums, epoch=epoch, epochs=args.epochs)
-            weights = answer.weights
+        means = transfer.losses.means()
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        print(
+            json.dumps({"epoch": epoch, "weights": weights, "losses": means, "lrs": lrs}),
+            flush=True,
+        )
+        transfer.end_epoch(epoch)  # the weights of epoch e+1 from the mean losses of epoch e
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def code(text: object) -> str:
     """A Markdown code span that ``text`` cannot break out of, whatever backticks it holds."""
     flat = " ".join(str(text).split())
     fence = "`" * (max((len(run) for run in re.findall("`+", flat)), default=0) + 1)
-    return f"{fence} {flat} {fence}"
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""  # CommonMark strips it
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _weight(value: Any) -> str:

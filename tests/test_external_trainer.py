@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from controller_service.contract.client import ControllerClient
 from tests.fixtures.controller import ControllerProcess
 from tests.test_transfer import finish_run_with_fake_trainer
@@ -17,10 +19,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "external_trainer.p
 def test_external_trainer_gets_its_weights_from_the_policy(controller: ControllerProcess) -> None:
     client = ControllerClient(controller.url)
     run = client.create_run(["classification", "regression"], population=2, rounds=2, seed=5)
-    finish_run_with_fake_trainer(client, run["id"], {"classification": 1.1, "regression": 120.0})
+    finish_run_with_fake_trainer(client, run.id, {"classification": 1.1, "regression": 120.0})
 
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--controller", controller.url, "--run", run["id"]]
+        [sys.executable, str(EXAMPLE), "--controller", controller.url, "--run", run.id]
         + ["--epochs", "3"],
         env=controller.env,
         capture_output=True,
@@ -32,5 +34,10 @@ def test_external_trainer_gets_its_weights_from_the_policy(controller: Controlle
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[0]["weights"] == {"classification": 1.0, "regression": 1.0}
     for before, after in zip(epochs, epochs[1:], strict=False):
-        expected = client.weights(run["id"], before["losses"], epoch=before["epoch"], epochs=3)
-        assert after["weights"] == expected["weights"]
+        expected = client.weights(run.id, before["losses"], epoch=before["epoch"], epochs=3)
+        assert after["weights"] == expected.weights
+    for epoch in epochs:  # the paper's head rule: each head at lr / its loss's weight
+        trunk, classify, regress = epoch["lrs"]
+        assert trunk == 1e-2
+        assert classify == pytest.approx(1e-2 / epoch["weights"]["classification"])
+        assert regress == pytest.approx(1e-2 / epoch["weights"]["regression"])

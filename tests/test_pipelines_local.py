@@ -77,7 +77,7 @@ def search(
 def test_search_pipeline_finishes_the_run_and_reports_its_best_member(
     search: dict[str, Any], controller: ControllerProcess
 ) -> None:
-    run = ControllerClient(controller.url).get_run(search["run_id"])
+    run = ControllerClient(controller.url).get_run(search["run_id"], history=True).model_dump()
     assert run["status"] == "finished"
     assert run["population"] == POPULATION
     assert [item["round"] for item in run["history"]] == list(range(ROUNDS + 1))
@@ -94,8 +94,8 @@ def test_search_pipeline_finishes_the_run_and_reports_its_best_member(
     markdown = Path(search["report"].path).read_text()
     assert f"# Ada-Segment search `{run['id']}`" in markdown
     for item in run["history"]:  # a row per round, with the round's mean weights
-        mean = item["mean_weights"]
-        cells = " | ".join(f"{mean[n]:.4g}" for n in run["loss_names"])
+        mean = item["mean_weights"]  # none in round 0: every weight is 1, no policy mean
+        cells = " | ".join(f"{mean[n]:.4g}" if mean else "–" for n in run["loss_names"])
         assert f"| {item['round']} | {cells} |" in markdown
     html = Path(search["report_html"].path).read_text()
     assert html.count("data:image/png;base64,") == 2  # weights and PQ plots

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from controller_service.contract.schemas import RunRecord
 from pipelines import report, steps
 
 PY = "/usr/bin/python3"  # any string: the commands are only built here
@@ -133,15 +134,38 @@ def test_run_command_forwards_sigterm_to_the_training_process(tmp_path: Path) ->
 
 
 def candidate(member: int, weights: dict[str, float], pq: float | None, **extra: Any) -> dict:
-    return {"member": member, "weights": weights, "valid": True, "pq": pq, **extra}
+    return {"member": member, "weights": weights, "outcome": "trained", "pq": pq, **extra}
 
 
-RUN: dict[str, Any] = {
+def round_record(round_: int, mean: dict | None, candidates: list, best: int | None, **kw) -> dict:
+    return {
+        "round": round_,
+        "opened_at": 0.0,
+        "completed_at": 1.0,
+        "init_checkpoint_uri": "s3://b/runs/r/checkpoints/init.pt",
+        "input_losses": None,
+        "mean_weights": mean,
+        "candidates": candidates,
+        "best_member": best,
+        **kw,
+    }
+
+
+RUN_JSON: dict[str, Any] = {
     "id": "run<1>",
+    "name": None,
     "status": "finished",
+    "failure": None,
+    "round": 2,
     "rounds": 2,
     "population": 3,
     "loss_names": ["semantic", "center"],
+    "config": {},
+    "created_at": 0.0,
+    "updated_at": 0.0,
+    "init_checkpoint_uri": "s3://b/runs/r/checkpoints/init.pt",
+    "initial_losses": None,
+    "current": None,
     "best": {
         "round": 2,
         "member": 1,
@@ -151,34 +175,31 @@ RUN: dict[str, Any] = {
         "checkpoint_uri": "s3://b/runs/r/checkpoints/r002-m01.pt",
     },
     "history": [
-        {
-            "round": 0,
-            "mean_weights": {"semantic": 1.0, "center": 1.0},
-            "candidates": [candidate(0, {"semantic": 1.0, "center": 1.0}, 10.0)],
-            "best_member": 0,
-        },
-        {
-            "round": 1,
-            "mean_weights": {"semantic": 1.2, "center": 150.0},
-            "candidates": [
+        round_record(0, None, [candidate(0, {"semantic": 1.0, "center": 1.0}, 10.0)], 0),
+        round_record(
+            1,
+            {"semantic": 1.2, "center": 150.0},
+            [
                 candidate(0, {"semantic": 1.1, "center": 140.0}, 20.0),
-                candidate(1, {"semantic": -0.1, "center": 150.0}, None, valid=False),
+                candidate(1, {"semantic": 0.1, "center": 150.0}, None, outcome="failed"),
                 candidate(2, {"semantic": 1.3, "center": 160.0}, 26.0),
             ],
-            "best_member": 2,
-        },
-        {
-            "round": 2,
-            "mean_weights": {"semantic": 1.4, "center": 175.0},
-            "candidates": [
-                candidate(0, {"semantic": 1.2, "center": 170.0}, None, diverged=True),
+            2,
+            invalid_draws=4,
+        ),
+        round_record(
+            2,
+            {"semantic": 1.4, "center": 175.0},
+            [
+                candidate(0, {"semantic": 1.2, "center": 170.0}, None, outcome="diverged"),
                 candidate(1, {"semantic": 1.5, "center": 180.0}, 31.25),
                 candidate(2, {"semantic": 1.6, "center": 190.0}, 28.75),
             ],
-            "best_member": 1,
-        },
+            1,
+        ),
     ],
 }
+RUN = RunRecord.model_validate(RUN_JSON)
 
 
 def test_search_metrics_are_the_best_member() -> None:
@@ -191,17 +212,18 @@ def test_search_metrics_are_the_best_member() -> None:
         "best_weight_semantic": 1.5,
         "best_weight_center": 180.0,
     }
+    running = RUN.model_copy(update={"best": None, "status": "running"})
     with pytest.raises(ValueError, match="has no best member yet .status 'running'"):
-        report.search_metrics({**RUN, "best": None, "status": "running"})
+        report.search_metrics(running)
 
 
-def test_round_rows_count_trained_invalid_and_diverged_members() -> None:
+def test_round_rows_count_trained_invalid_diverged_and_failed_members() -> None:
     rows = report.round_rows(RUN)
-    counts = [(r["trained"], r["invalid"], r["diverged"]) for r in rows]
-    assert counts == [(1, 0, 0), (2, 1, 0), (2, 0, 1)]
+    counts = [(r["trained"], r["invalid"], r["diverged"], r["failed"]) for r in rows]
+    assert counts == [(1, 0, 0, 0), (2, 4, 0, 1), (2, 0, 1, 0)]
     assert [(r["round"], r["best_pq"], r["mean_pq"]) for r in rows] == [
         (0, 10.0, 10.0),
-        (1, 26.0, 23.0),  # (20 + 26) / 2; the invalid draw was never trained
+        (1, 26.0, 23.0),  # (20 + 26) / 2; the failed member has no PQ
         (2, 31.25, 30.0),  # (31.25 + 28.75) / 2; the diverged member has no PQ
     ]
     assert rows[1]["mean_weights"] == {"semantic": 1.2, "center": 150.0}
@@ -212,8 +234,30 @@ def test_search_markdown_has_the_best_and_a_row_per_round() -> None:
     assert "Best PQ **31.25** (round 2, member 1: the model the run ends with)" in text
     assert "`s3://b/runs/r/checkpoints/r002-m01.pt`" in text
     assert "| round | mean λ semantic | mean λ center | best PQ | mean PQ |" in text
-    assert "| 1 | 1.2 | 150 | 26.00 | 23.00 | 2 | 2 | 1 | 0 |" in text
-    assert "| 2 | 1.4 | 175 | 31.25 | 30.00 | 1 | 2 | 0 | 1 |" in text
+    assert "| 0 | – | – | 10.00 | 10.00 | 0 | 1 | 0 | 0 | 0 |" in text
+    assert "| 1 | 1.2 | 150 | 26.00 | 23.00 | 2 | 2 | 4 | 0 | 1 |" in text
+    assert "| 2 | 1.4 | 175 | 31.25 | 30.00 | 1 | 2 | 0 | 1 | 0 |" in text
+
+
+def test_markdown_escapes_loss_names_run_ids_and_uris() -> None:
+    """Loss names, run ids and URIs are user input: a ``|`` must not split a table cell, a
+    backtick must not close a code span, and HTML or a link must stay text."""
+    hostile = RUN_JSON | {
+        "id": "r`1",
+        "loss_names": ["a|b", "<img src=x onerror=alert(1)>"],
+        "best": RUN_JSON["best"]
+        | {
+            "weights": {"a|b": 1.0, "<img src=x onerror=alert(1)>": 2.0},
+            "losses": {"a|b": 1.0, "<img src=x onerror=alert(1)>": 2.0},
+            "checkpoint_uri": "s3://b/`x` [y](javascript:z)",
+        },
+        "history": [],
+    }
+    text = report.search_markdown(RunRecord.model_validate(hostile))
+    assert "<img" not in text and "&lt;img src=x onerror=alert\\(1\\)&gt;" in text
+    assert "a\\|b" in text and "| a\\|b |" in text  # one header cell, not two
+    assert "``r`1``" in text and "``s3://b/`x` [y](javascript:z)``" in text
+    assert report.md("[x](javascript:y)") == "\\[x\\]\\(javascript:y\\)"
 
 
 def test_search_html_inlines_figures_and_escapes_text() -> None:

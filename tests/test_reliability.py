@@ -133,7 +133,10 @@ def test_a_full_disk_is_not_ready_and_a_write_on_enospc_answers_503(tmp_path, mo
 
         class Full:
             def __init__(self, stats: os.statvfs_result) -> None:
-                self.f_frsize, self.f_bavail = stats.f_frsize, (MIN_FREE_BYTES // 2) // stats.f_frsize
+                self.f_frsize, self.f_bavail = (
+                    stats.f_frsize,
+                    (MIN_FREE_BYTES // 2) // stats.f_frsize,
+                )
 
         monkeypatch.setattr(os, "statvfs", lambda path: Full(real_statvfs(path)))
         not_ready = client.get("/readyz")

@@ -40,12 +40,12 @@ def finish_run_with_fake_trainer(
     ``base_losses`` and a PQ that prefers balanced weighted losses."""
     while True:
         answer = client.lease(run_id, "fake-trainer")
-        if answer["state"] == "finished":
-            return client.get_run(run_id)
-        if answer["state"] == "wait":
-            time.sleep(min(answer["retry_after"], 0.05))
+        if answer.state == "finished":
+            return client.get_run(run_id, history=True).model_dump()
+        if answer.state == "wait":
+            time.sleep(min(answer.retry_after, 0.05))
             continue
-        assignment = answer["assignment"]
+        assignment = answer.assignment.model_dump()
         weights = assignment["weights"]
         weighted = [math.log(weights[name] * base_losses[name]) for name in base_losses]
         spread = max(weighted) - min(weighted)
@@ -78,10 +78,10 @@ def policy_run(controller: ControllerProcess) -> str:
     client = ControllerClient(controller.url)
     run = client.create_run(LOSSES, population=2, rounds=2, seed=11)
     finished = finish_run_with_fake_trainer(
-        client, run["id"], {"semantic": 2.7, "center": 0.03, "offset": 6.0}
+        client, run.id, {"semantic": 2.7, "center": 0.03, "offset": 6.0}
     )
     assert finished["status"] == "finished"
-    return run["id"]
+    return run.id
 
 
 def transfer_argv(
@@ -140,7 +140,7 @@ def test_torchrun_two_processes_get_the_weights_of_one_process(
         assert w2 == pytest.approx(w1, rel=RANKS_REL), f"weights of epoch {epoch + 1}"
     # the weights really came from the policy: epoch 2 is Eq. 7 applied to l^1
     client = ControllerClient(controller.url)
-    expected = client.weights(policy_run, two["losses"][0], epoch=1, epochs=3)["weights"]
+    expected = client.weights(policy_run, two["losses"][0], epoch=1, epochs=3).weights
     assert two["weights"][1] == pytest.approx(expected, rel=1e-9)
     for metrics in (one, two):
         assert set(metrics) >= {"pq", "pq_th", "pq_st", "sq", "rq", "wall_seconds"}
@@ -172,7 +172,11 @@ def test_static_mode_asks_once_and_keeps_the_weights(
     argv[argv.index("--iterations-per-epoch") + 1] = "1"
     assert main([*argv, "--mode", "static-final"]) == 0
     metrics = json.loads(capfd.readouterr().out)
-    best = ControllerClient(controller.url).get_run(policy_run)["best"]["weights"]
+    best = (
+        ControllerClient(controller.url)
+        .get_run(policy_run, history=True)
+        .model_dump()["best"]["weights"]
+    )
     assert metrics["weights"] == [pytest.approx(best)] * 2
     assert metrics["mode"] == "static-final"
 
@@ -240,10 +244,10 @@ def test_transfer_refuses_an_unfinished_run_and_a_missing_data_dir(
     from controller_service.cli import main
 
     running = ControllerClient(controller.url).create_run(LOSSES, population=2, rounds=1)
-    assert main(transfer_argv(controller, running["id"], synth_dir, "early")) == 1
-    assert f"run {running['id']} is running, not finished" in capfd.readouterr().err
+    assert main(transfer_argv(controller, running.id, synth_dir, "early")) == 1
+    assert f"run {running.id} is running, not finished" in capfd.readouterr().err
     missing = tmp_path / "nothing"
-    assert main(transfer_argv(controller, running["id"], missing, "nodata")) == 2
+    assert main(transfer_argv(controller, running.id, missing, "nodata")) == 2
     assert f"data directory {missing} does not exist" in capfd.readouterr().err
 
 

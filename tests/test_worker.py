@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from controller_service.contract.client import ControllerClient
+from controller_service.contract.keys import report_metrics_key
 from controller_service.contract.store import open_store
 from controller_service.runs.views import schedule_position
 from tests.fixtures.controller import ControllerProcess, start_controller
@@ -91,10 +92,10 @@ def check_complete_run(run: dict, store_uri: str, rounds: int, population: int, 
     store = open_store(store_uri)
     assert store.exists(f"runs/{run['id']}/checkpoints/init.pt")
     for record in run["history"]:
-        trained = [c for c in record["candidates"] if c["valid"]]
+        trained = list(record["candidates"])
         assert len(trained) == (1 if record["round"] == 0 else population), record
         for candidate in trained:
-            assert not candidate["diverged"], candidate
+            assert candidate["outcome"] == "trained", candidate
             assert 0.0 <= candidate["pq"] <= 100.0
             assert set(candidate["losses"]) == set(LOSSES)
             checkpoint = load_checkpoint(store, candidate["checkpoint_uri"])
@@ -110,7 +111,8 @@ def check_complete_run(run: dict, store_uri: str, rounds: int, population: int, 
             state = checkpoint.trainer_state
             assert state["iteration"] == (epoch + 1) * per_epoch
             assert state["total_iterations"] == epochs * per_epoch == rounds * per_epoch
-            assert candidate["metrics"]["iterations"] == per_epoch
+            key = report_metrics_key(run["id"], record["round"], candidate["member"])
+            assert store.get_json(key)["iterations"] == per_epoch
 
 
 @pytest.mark.parametrize("store_kind", ["file", "s3"])
@@ -126,14 +128,14 @@ def test_worker_completes_a_tiny_run(
     client = ControllerClient(controller.url)
     run = client.create_run(LOSSES, population=2, rounds=2, seed=7, lease_seconds=30)
     log_path = tmp_path / "worker.log"
-    proc = start_worker(controller, run["id"], synth_dir, log_path, "w1", env=env)
+    proc = start_worker(controller, run.id, synth_dir, log_path, "w1", env=env)
     assert finish(proc, log_path) == 0, log_path.read_text()
     log = log_path.read_text()
     # progress and phases are visible in the pod log
     assert "it/s" in log and "img/s" in log and "ETA" in log
     for phase in ("phase=init", "phase=train", "phase=eval", "phase=save", "phase=report"):
         assert phase in log, phase
-    final = client.get_run(run["id"])
+    final = client.get_run(run.id, history=True).model_dump()
     check_complete_run(final, controller.store_uri, rounds=2, population=2, per_epoch=2)
     # round t+1 starts from the best of round t (the broadcast)
     best_of_1 = final["history"][1]["candidates"][final["history"][1]["best_member"]]
@@ -148,7 +150,7 @@ def test_killed_workers_leave_the_run_to_finish_through_lease_expiry(
     mid-interval in round 1; worker C finishes the run with every round complete."""
     client = ControllerClient(controller.url)
     run = client.create_run(LOSSES, population=2, rounds=2, seed=3, lease_seconds=3)
-    run_id, iterations = run["id"], 3
+    run_id, iterations = run.id, 3
     logs = {name: tmp_path / f"worker-{name}.log" for name in "ABC"}
 
     worker_a = start_worker(controller, run_id, synth_dir, logs["A"], "A", iterations)
@@ -169,7 +171,7 @@ def test_killed_workers_leave_the_run_to_finish_through_lease_expiry(
 
     worker_c = start_worker(controller, run_id, synth_dir, logs["C"], "C", iterations)
     assert finish(worker_c, logs["C"]) == 0, logs["C"].read_text()
-    final = client.get_run(run_id)
+    final = client.get_run(run_id, history=True).model_dump()
     check_complete_run(final, controller.store_uri, rounds=2, population=2, per_epoch=iterations)
     round0 = final["history"][0]["candidates"][0]
     assert (round0["worker"], round0["attempts"]) == ("B", 2)
@@ -186,7 +188,8 @@ def prometheus_value(text: str, name: str) -> float:
 def test_heartbeats_keep_a_lease_shorter_than_the_interval(
     controller_factory, synth_dir: Path, tmp_path: Path
 ) -> None:
-    """Leases of 0.5 s, longer intervals: the heartbeat thread extends each lease, so no
+    """Leases of 1 s (the shortest allowed), longer intervals: the heartbeat thread extends
+    each lease, so no
     member is issued twice. Two workers, because the controller re-issues an expired lease
     only when asked: while A trains round 0, B keeps asking (retry_after is the time left on
     A's lease) and would be given A's member the moment its lease lapsed."""
@@ -194,21 +197,27 @@ def test_heartbeats_keep_a_lease_shorter_than_the_interval(
 
     controller = controller_factory()  # its own: /metrics counts every run of the process
     client = ControllerClient(controller.url)
-    lease, iterations = 0.5, 60  # 15-50 it/s here: intervals of 1.2 s and more
+    lease, iterations = 1.0, 80  # 15-50 it/s here: intervals of 1.6 s and more
     run = client.create_run(LOSSES, population=2, rounds=1, seed=2, lease_seconds=lease)
     logs = {name: tmp_path / f"worker-{name}.log" for name in "AB"}
     workers = {
-        name: start_worker(controller, run["id"], synth_dir, log, name, iterations)
+        name: start_worker(controller, run.id, synth_dir, log, name, iterations)
         for name, log in logs.items()
     }
     for name, proc in workers.items():
         assert finish(proc, logs[name]) == 0, logs[name].read_text()
-    final = client.get_run(run["id"])
+    final = client.get_run(run.id, history=True).model_dump()
     check_complete_run(final, controller.store_uri, rounds=1, population=2, per_epoch=iterations)
-    members = [c for record in final["history"] for c in record["candidates"] if c["valid"]]
+    members = [c for record in final["history"] for c in record["candidates"]]
     assert [c["attempts"] for c in members] == [1, 1, 1]
     # every interval outlived its lease: only heartbeats kept it
-    assert min(c["metrics"]["train_seconds"] for c in members) > lease
+    store = open_store(controller.store_uri)
+    seconds = [
+        store.get_json(report_metrics_key(run.id, r["round"], c["member"]))["train_seconds"]
+        for r in final["history"]
+        for c in r["candidates"]
+    ]
+    assert min(seconds) > lease
     metrics = httpx.get(f"{controller.url}/metrics").text
     assert prometheus_value(metrics, "adaseg_leases_expired_total") == 0.0
     assert prometheus_value(metrics, "adaseg_leases_issued_total") == 3.0
@@ -258,13 +267,13 @@ def test_real_data_that_cannot_be_batched_fails_before_a_lease(
 
     root = real_sample_layout(coco_sample_dir, tmp_path / "coco", "coco-detectron2", repeat=2)
     run = ControllerClient(controller.url).create_run(LOSSES, population=2, rounds=1)
-    argv = ["worker", "--controller", controller.url, "--run", run["id"], "--data", str(root)]
+    argv = ["worker", "--controller", controller.url, "--run", run.id, "--data", str(root)]
     argv += ["--store", controller.store_uri, "--device", "cpu", "--proxy-val", "1"]
     code, text = run_cli([*argv, "--batch-size", "2"], capfd)
     assert code == 2, text
     assert "images differ in size" in text and "change --batch-size or --crop-size" in text
     assert "Traceback" not in text
-    current = ControllerClient(controller.url).get_run(run["id"])["current"]
+    current = ControllerClient(controller.url).get_run(run.id, history=True).model_dump()["current"]
     assert current["members"] == {"pending": 1, "leased": 0, "done": 0}
 
 
@@ -294,7 +303,7 @@ def test_a_member_whose_loss_goes_non_finite_is_reported_as_diverged(
     client = ControllerClient(controller.url)
     run = client.create_run(LOSSES, population=2, rounds=1, seed=1)
     options = WorkerOptions(
-        run=run["id"],
+        run=run.id,
         data=DataOptions(synth_dir, batch_size=2, proxy_val=4),
         worker_id="w",
         iterations=3,
@@ -302,9 +311,9 @@ def test_a_member_whose_loss_goes_non_finite_is_reported_as_diverged(
         max_assignments=1,
     )
     assert Worker(client, open_store(controller.store_uri), options).run() is Ending.FINISHED
-    record = client.get_run(run["id"])
+    record = client.get_run(run.id, history=True).model_dump()
     candidate = record["history"][0]["candidates"][0]
-    assert candidate["diverged"] and "non-finite loss" in candidate["reason"]
+    assert candidate["outcome"] == "diverged" and "non-finite loss" in candidate["reason"]
     assert candidate["checkpoint_uri"] is None
     assert record["status"] == "failed"  # the pseudo epoch cannot diverge and go on
 
@@ -370,8 +379,7 @@ def test_a_member_whose_start_checkpoint_is_truncated_is_reported_failed(
     with code 3. The controller counts the attempts (``max_attempts`` 3) and fails the run
     with the reason.
 
-    Needs the controller side of the failure path (``failed`` reports, attempt counting):
-    until it is merged the controller refuses the reports and this test fails."""
+    """
     controller = controller_factory()
     client = ControllerClient(controller.url)
     run = client.create_run(LOSSES, population=2, rounds=1, seed=4, lease_seconds=30)
@@ -379,14 +387,14 @@ def test_a_member_whose_start_checkpoint_is_truncated_is_reported_failed(
     from trainer_image.engine.checkpoint import Checkpoint, encode_checkpoint
 
     payload = encode_checkpoint(Checkpoint("panoptic_deeplab", {}, {}))
-    store.put(f"runs/{run['id']}/checkpoints/init.pt", payload[:-10])
+    store.put(f"runs/{run.id}/checkpoints/init.pt", payload[:-10])
     log_path = tmp_path / "worker.log"
-    proc = start_worker(controller, run["id"], synth_dir, log_path, "w1")
+    proc = start_worker(controller, run.id, synth_dir, log_path, "w1")
     assert finish(proc, log_path) == 3, log_path.read_text()
     log = log_path.read_text()
     assert log.count("phase=report failed: CheckpointError") == 3, log
     assert "3 assignments failed in a row" in log
-    final = client.get_run(run["id"])
+    final = client.get_run(run.id, history=True).model_dump()
     assert final["status"] == "failed", final
     assert "truncated" in json.dumps(final)
 
@@ -408,7 +416,7 @@ def test_a_store_outage_longer_than_the_http_retries_loses_no_interval(
     log_path = tmp_path / "worker.log"
     proc = start_worker(
         controller,
-        run["id"],
+        run.id,
         synth_dir,
         log_path,
         "w1",
@@ -429,9 +437,9 @@ def test_a_store_outage_longer_than_the_http_retries_loses_no_interval(
     assert "gave up" not in log and "phase=report failed" not in log
     retries = [line for line in log.splitlines() if "store put of" in line]
     assert len(retries) >= 2, retries  # more than the S3 client's own retries were needed
-    final = client.get_run(run["id"])
+    final = client.get_run(run.id, history=True).model_dump()
     check_complete_run(final, s3_store_uri, rounds=1, population=2, per_epoch=2)
-    members = [c for record in final["history"] for c in record["candidates"] if c["valid"]]
+    members = [c for record in final["history"] for c in record["candidates"]]
     assert [c["attempts"] for c in members] == [1, 1, 1]
     metrics = httpx.get(f"{controller.url}/metrics").text
     assert prometheus_value(metrics, "adaseg_leases_expired_total") == 0.0

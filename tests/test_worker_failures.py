@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from controller_service.contract import schemas
 from controller_service.contract.store import ObjectStore, StoreError, open_store
 from trainer_image.cli.base import EXIT_CODES, ExitCode
 from trainer_image.engine.checkpoint import Checkpoint, encode_checkpoint
@@ -35,13 +36,20 @@ class ScriptedController:
         self.queue = list(assignments)
         self.reports: list[tuple[str, str, Any]] = []  # (kind, assignment id, reason or PQ)
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        return {"id": run_id, "status": "running", "loss_names": LOSSES, "config": {"seed": 3}}
+    def get_run(self, run_id: str) -> schemas.RunRecord:
+        return schemas.RunRecord.model_validate(
+            {
+                "id": run_id, "name": None, "status": "running", "failure": None, "round": 0,
+                "rounds": 1, "population": 2, "loss_names": LOSSES, "config": {"seed": 3},
+                "created_at": 0.0, "updated_at": 0.0, "init_checkpoint_uri": "",
+                "initial_losses": None, "best": None, "current": None,
+            }
+        )  # fmt: skip
 
-    def lease(self, run_id: str, worker: str) -> dict[str, Any]:
+    def lease(self, run_id: str, worker: str) -> schemas.LeaseResponse:
         if not self.queue:
-            return {"state": "finished"}
-        return {"state": "assigned", "assignment": self.queue.pop(0)}
+            return schemas.LeaseResponse(state="finished")
+        return schemas.LeaseResponse(state="assigned", assignment=self.queue.pop(0))
 
     def heartbeat(self, run_id: str, assignment_id: str) -> dict[str, Any]:
         return {"state": "leased"}
@@ -73,6 +81,7 @@ def assignment(store: ObjectStore, name: str, init_uri: str, round_: int = 1) ->
         "init_checkpoint_uri": init_uri,
         "checkpoint_uri": store.uri_of(f"runs/{RUN}/checkpoints/{name}.pt"),
         "lease_seconds": 60,
+        "deadline": 0.0,
     }
 
 
@@ -175,7 +184,7 @@ class DownStore(ObjectStore):
         self.calls += 1
         raise StoreError("S3 get failed: connection refused") from ConnectionRefusedError()
 
-    put = get = exists = list = delete = check = _down
+    put = get = exists = list = list_dirs = delete = check = _down
 
 
 def test_a_store_error_after_the_retries_is_reported_failed(synth_dir: Path) -> None:
@@ -197,5 +206,5 @@ def test_sigterm_during_a_failing_call_abandons_instead_of_reporting(
     member.stop.lease_lost.set()  # as the heartbeat thread does when the lease is lost
     member.stop.terminated.set()
     member.seed, member.loss_names = 3, LOSSES
-    assert member.work(controller.queue.pop(0)).value == "abandoned"
+    assert member.work(schemas.Assignment(**controller.queue.pop(0))).value == "abandoned"
     assert controller.reports == []

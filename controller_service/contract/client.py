@@ -267,12 +267,6 @@ class ControllerClient:
             schemas.ReportResponse, "POST", _assignment(run_id, assignment_id, "report"), body
         )
 
-    def report_failed(self, run_id: str, assignment_id: str, reason: str) -> dict[str, Any]:
-        """Report a member the worker could not train (corrupt checkpoint, unreadable data, a
-        store error after retries): the controller counts the attempt and issues it again."""
-        body = {"failed": True, "reason": reason}
-        return self._request("POST", f"/v1/runs/{run_id}/assignments/{assignment_id}/report", body)
-
     def weights(
         self,
         run_id: str,

@@ -92,6 +92,9 @@ class RetryingStore(ObjectStore):
     def list(self, prefix: str = "") -> list[str]:
         return self._retry("list", prefix, lambda: self.inner.list(prefix))
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        return self._retry("list", prefix, lambda: self.inner.list_dirs(prefix))
+
     def delete(self, key: str) -> None:
         self._retry("delete", key, lambda: self.inner.delete(key))
 
