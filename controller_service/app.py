@@ -42,6 +42,7 @@ from controller_service.metrics import ServiceMetrics
 from controller_service.runs import MemberReport, RunError, RunEvents, RunRepository, RunSpec
 from controller_service.settings import Settings
 from controller_service.store import ObjectStore, StoreError, open_store
+from controller_service.ui import RepositoryRunSource, ui_router
 
 log = logging.getLogger(__name__)
 API_VERSION = "0.1.0"
@@ -420,4 +421,6 @@ def create_app(
         )
 
     app.include_router(v1)
+    # the dashboard: outside /v1 (BearerAuth lets it through), guarded by the same token itself
+    app.include_router(ui_router(RepositoryRunSource(repository), settings.token, clock=clock))
     return app
