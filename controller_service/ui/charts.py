@@ -59,12 +59,17 @@ class Axis:
     end: float
     log: bool = False
 
+    def __post_init__(self) -> None:  # pixels = offset + slope * t(value), fixed once
+        lo, hi = self._t(self.lo), self._t(self.hi)
+        slope = (self.end - self.start) / (hi - lo)
+        object.__setattr__(self, "_slope", slope)
+        object.__setattr__(self, "_offset", self.start - lo * slope)
+
     def _t(self, value: float) -> float:
         return math.log10(value) if self.log else value
 
     def __call__(self, value: float) -> float:
-        lo, hi = self._t(self.lo), self._t(self.hi)
-        return self.start + (self._t(value) - lo) / (hi - lo) * (self.end - self.start)
+        return self._offset + self._slope * (math.log10(value) if self.log else value)
 
     def contains(self, value: float | None) -> bool:
         return value is not None and math.isfinite(value) and (value > 0 or not self.log)
@@ -225,8 +230,9 @@ def _cross(px: float, py: float, size: float = 3.5) -> str:
     )
 
 
-def _titled(with_titles: bool, text: str) -> str:
-    return f"<title>{esc(text)}</title>" if with_titles else ""
+def _close(with_title: bool, text: str, tag: str) -> str:
+    """The end of a mark: with a hover title, or self-closed (the text is then not built)."""
+    return f"><title>{esc(text)}</title></{tag}>" if with_title else "/>"
 
 
 # -- what the charts read from the round records ------------------------------------------------
@@ -315,11 +321,11 @@ def weights_chart(
         if not y.contains(w):
             continue
         px, py = x(t), y(w)
-        tip = f"round {t}, member {c['member']}: {loss} weight {fmt(w, 4)}"
         diverged = bool(c.get("diverged"))
+        tip = f"round {t}, member {c['member']}: {loss} weight {fmt(w, 4)}" if titles else ""
         marks.append(
             f'<circle class="cand{" diverged" if diverged else ""}" cx="{px:.1f}" cy="{py:.1f}" '
-            f'r="2.6" data-round="{t}" data-member="{c["member"]}">{_titled(titles, tip)}</circle>'
+            f'r="2.6" data-round="{t}" data-member="{c["member"]}"{_close(titles, tip, "circle")}'
         )
         if diverged:
             crosses.append(_cross(px, py))
@@ -401,10 +407,10 @@ def pq_chart(chart_id: str, rounds: Sequence[Mapping[str, Any]], last_round: int
         if c.get("diverged") or not y.contains(pq):
             diverged.append((t, c))
             continue
-        tip = f"round {t}, member {c['member']}: PQ {fmt(pq, 4)}"
+        tip = f"round {t}, member {c['member']}: PQ {fmt(pq, 4)}" if titles else ""
         marks.append(
             f'<circle class="member" cx="{x(t):.1f}" cy="{y(pq):.1f}" r="2.6" data-round="{t}" '
-            f'data-member="{c["member"]}">{_titled(titles, tip)}</circle>'
+            f'data-member="{c["member"]}"{_close(titles, tip, "circle")}'
         )
     marks.append("</g>")
     bottom = HEIGHT - MARGIN_BOTTOM - 5
@@ -476,10 +482,10 @@ def lineage_chart(
                     f'data-member="{c["member"]}"/>'
                 )
                 continue
-            tip = f"round {t}, member {c['member']}: PQ {fmt(c.get('pq'), 4)}"
+            tip = f"round {t}, member {c['member']}: PQ {fmt(c.get('pq'), 4)}" if titles else ""
             marks.append(
                 f'<circle class="node" cx="{px:.1f}" cy="{py:.1f}" r="2.2" data-round="{t}" '
-                f'data-member="{c["member"]}">{_titled(titles, tip)}</circle>'
+                f'data-member="{c["member"]}"{_close(titles, tip, "circle")}'
             )
     marks.append("</g>")
     if crosses:

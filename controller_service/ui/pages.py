@@ -44,6 +44,7 @@ th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:left;vertic
 th{background:#eef0f4;font-weight:600;white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 td.name{overflow-wrap:anywhere}
+td.nowrap{white-space:nowrap}
 tr.best td{background:#fff4dc}
 small,.id{color:var(--muted);font-family:ui-monospace,Menlo,monospace;font-size:12px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
@@ -183,7 +184,7 @@ def runs_page(runs: Sequence[RunSummary], now: float, *, signed_in: bool = False
             f'<tr data-run="{esc(r["id"])}"><td class="name"><a href="{run_url(r["id"])}">'
             f"{esc(run_title(r['name'], r['id']))}</a><br>"
             f"<span class='id'>{esc(r['id'])}</span></td>"
-            f"<td>{badge(r['status'])}</td><td>{esc(r['strategy'])}</td>"
+            f"<td>{badge(r['status'])}</td><td class='nowrap'>{esc(r['strategy'])}</td>"
             f"<td>{_round_of(r)}</td><td class='num'>{fmt(r['best_pq'], 4)}</td>"
             f"<td>{when(r['created_at'], now)}</td><td>{when(r['updated_at'], now)}</td></tr>"
         )
@@ -461,7 +462,7 @@ def login_page(next_path: str, error: str | None = None) -> str:
     body = (
         '<div class="login"><h1>Sign in</h1>'
         "<p class='note'>This controller requires its token (<code>ADASEG_TOKEN</code>). It is "
-        "sent once and kept in a cookie for this site only.</p>"
+        "sent once; this browser then keeps a session cookie for the dashboard only.</p>"
         f'{message}<form method="post" action="{PREFIX}/login">'
         f'<input type="hidden" name="next" value="{esc(next_path)}">'
         '<label for="token">Token</label>'
