@@ -28,6 +28,7 @@ pytest.importorskip("selenium", reason="the 'test' extra installs selenium")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -36,6 +37,32 @@ NAMES = ["semantic", "center", "offset"]
 RUN_NAME = "<b>nightly</b> search"
 POPULATION, ROUNDS, COMPLETED = 4, 6, 4  # rounds 0..3 complete, round 4 open
 README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "ui-run.png"
+
+
+RUN_PAGE_SNAPSHOT = """
+const q = (root, sel) => Array.from(root.querySelectorAll(sel));
+const marks = (root, sel) => q(root, sel).map(e => [e.dataset.round, e.dataset.member]);
+const h1 = document.querySelector('h1');
+return {
+  heading: h1.textContent,
+  headingTags: q(h1, '*').length,
+  refresh: q(document, 'meta[http-equiv="refresh"]').length,
+  weights: q(document, 'svg.chart.weights').map(svg => ({
+    scale: svg.dataset.scale,
+    cands: marks(svg, 'circle.cand'),
+    best: q(svg, 'circle.best').length,
+    diverged: q(svg, 'circle.cand.diverged').length,
+    mean: svg.querySelector('path.mean').dataset.points,
+  })),
+  pqMembers: q(document, '#pq-chart circle.member').length,
+  pqDiverged: marks(document, '#pq-chart path.diverged'),
+  broadcast: q(document, '#lineage-chart circle.broadcast').length,
+  edges: q(document, '#lineage-chart path.edge').map(e => e.dataset.round),
+  leases: q(document, '#open-round tr.member').map(r => [r.dataset.status, r.innerText]),
+  rounds: q(document, '#rounds tr.round').length,
+  roundsText: document.querySelector('#rounds').innerText,
+};
+"""
 
 
 def fake_result(weights: dict[str, float], member: int) -> tuple[dict[str, float], float]:
@@ -117,10 +144,12 @@ def attributes(elements: list[Any], name: str) -> set[str]:
 
 
 def sign_in(driver: webdriver.Chrome, token: str) -> None:
+    """Type the token and submit; return once the answer to the POST has replaced the form."""
     field = driver.find_element(By.ID, "token")
     field.clear()
     field.send_keys(token)
     driver.find_element(By.CSS_SELECTOR, ".login button[type=submit]").click()
+    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(field))
     WebDriverWait(driver, 15).until(
         lambda d: d.execute_script("return document.readyState") == "complete"
     )
@@ -153,52 +182,29 @@ def test_dashboard_in_chromium_requires_the_token_and_shows_the_run(
     assert TOKEN not in cookie["value"]
     assert driver.execute_script("return document.cookie") == ""
 
-    # the run: its name as text (not markup), facts, and auto-refresh while open
-    heading = driver.find_element(By.TAG_NAME, "h1")
-    assert heading.text == RUN_NAME and not heading.find_elements(By.TAG_NAME, "b")
-    refresh = marks(driver, 'meta[http-equiv="refresh"]')
-    assert len(refresh) == 1
+    # the run, read in one script: the page reloads itself while the run is open, and a
+    # reload between two element look-ups would leave the second one stale
+    page = driver.execute_script(RUN_PAGE_SNAPSHOT)
+    assert page["heading"] == RUN_NAME and page["headingTags"] == 0  # text, not markup
+    assert page["refresh"] == 1
     # the weights: one log-scale chart per loss, every candidate of every completed round
-    weight_charts = marks(driver, "svg.chart.weights")
-    assert len(weight_charts) == len(NAMES)
-    for chart in weight_charts:
-        assert chart.get_attribute("data-scale") == "log"
-        candidates = chart.find_elements(By.CSS_SELECTOR, "circle.cand")
-        assert len(candidates) == 1 + POPULATION * (COMPLETED - 1)
-        assert attributes(candidates, "data-round") == {str(t) for t in range(COMPLETED)}
-        assert attributes(candidates, "data-member") == {str(j) for j in range(POPULATION)}
-        assert len(chart.find_elements(By.CSS_SELECTOR, "circle.best")) == COMPLETED
-        assert len(chart.find_elements(By.CSS_SELECTOR, "circle.cand.diverged")) == 1
-        assert chart.find_element(By.CSS_SELECTOR, "path.mean").get_attribute("data-points") == "4"
-    # PQ: every trained member, the diverged one as a cross
-    pq = driver.find_element(By.ID, "pq")
+    assert len(page["weights"]) == len(NAMES)
     trained = 1 + POPULATION * (COMPLETED - 1)
-    assert len(pq.find_elements(By.CSS_SELECTOR, "circle.member")) == trained - 1
-    diverged = pq.find_elements(By.CSS_SELECTOR, "path.diverged")
-    assert [(d.get_attribute("data-round"), d.get_attribute("data-member")) for d in diverged] == [
-        ("2", "2")
-    ]
-    # lineage: a broadcast node per completed round, an edge into each round 1..3 and the open one
-    lineage = driver.find_element(By.ID, "lineage")
-    assert len(lineage.find_elements(By.CSS_SELECTOR, "circle.broadcast")) == COMPLETED
-    assert attributes(lineage.find_elements(By.CSS_SELECTOR, "path.edge"), "data-round") == {
-        "1",
-        "2",
-        "3",
-        "4",
-    }
+    for chart in page["weights"]:
+        assert chart["scale"] == "log" and len(chart["cands"]) == trained
+        assert {r for r, _ in chart["cands"]} == {str(t) for t in range(COMPLETED)}
+        assert {m for _, m in chart["cands"]} == {str(j) for j in range(POPULATION)}
+        assert chart["best"] == COMPLETED and chart["diverged"] == 1 and chart["mean"] == "4"
+    # PQ: every trained member, the diverged one as a cross
+    assert page["pqMembers"] == trained - 1 and page["pqDiverged"] == [["2", "2"]]
+    # lineage: a broadcast node per completed round, an edge into rounds 1..3 and the open one
+    assert page["broadcast"] == COMPLETED and sorted(page["edges"]) == ["1", "2", "3", "4"]
     # the open round's leases, with workers and deadlines
-    leases = marks(driver, "#open-round tr.member")
-    assert len(leases) == POPULATION
-    by_status = {}
-    for row in leases:
-        by_status.setdefault(row.get_attribute("data-status"), []).append(row.text)
-    assert sorted(by_status) == ["leased", "pending"] and len(by_status["leased"]) == 2
-    assert "pod-a" in by_status["leased"][0] and "pod-b" in by_status["leased"][1]
-    assert re.search(r"\(in 1[45] min\)", by_status["leased"][0])  # lease_seconds=900
-    rounds_table = marks(driver, "#rounds tr.round")
-    assert len(rounds_table) == COMPLETED
-    assert "loss is nan at iteration 17" in driver.find_element(By.ID, "rounds").text
+    leases = page["leases"]
+    assert [status for status, _ in leases] == ["leased", "leased", "pending", "pending"]
+    assert "pod-a" in leases[0][1] and "pod-b" in leases[1][1]
+    assert re.search(r"\(in 1[45] min\)", leases[0][1])  # lease_seconds=900
+    assert page["rounds"] == COMPLETED and "loss is nan at iteration 17" in page["roundsText"]
     run_png = screenshot(driver, tmp_path / "run.png")
     if os.environ.get("ADASEG_UPDATE_SCREENSHOTS"):
         README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +222,12 @@ def test_dashboard_in_chromium_requires_the_token_and_shows_the_run(
     # the runs list: both runs, with status, strategy and round t/T
     driver.find_element(By.LINK_TEXT, "Ada-Segment runs").click()
     WebDriverWait(driver, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.runs"))
-    rows = {row.get_attribute("data-run"): row.text for row in marks(driver, "table.runs tbody tr")}
+    rows = dict(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll('table.runs tbody tr'))"
+            ".map(r => [r.dataset.run, r.innerText]);"
+        )
+    )
     assert set(rows) == {run_id, other_id}
     assert RUN_NAME in rows[run_id] and "ada-segment" in rows[run_id]
     assert f"{COMPLETED}/{ROUNDS}" in rows[run_id] and "0/2" in rows[other_id]

@@ -337,10 +337,10 @@ def run_page(
         f"from. Invalid draws (a weight &le; 0) are never trained and not drawn.</p>"
         f"{charts.weights_legend(has_mean)}<div class='grid2'>{weight_charts}</div></section>",
         '<section id="pq"><h2>PQ per member and round</h2><figure>'
-        f"{charts.pq_chart('pq', rounds, last)}{charts.pq_legend()}</figure></section>",
+        f"{charts.pq_chart('pq-chart', rounds, last)}{charts.pq_legend()}</figure></section>",
         '<section id="lineage"><h2>Lineage of the broadcast</h2><figure>'
         + charts.lineage_chart(
-            "lineage",
+            "lineage-chart",
             rounds,
             info["population"],
             last,
