@@ -20,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver  # the 'test' extra installs it: a missing one is a failure
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from controller_service.client import ControllerClient
 from controller_service.store import open_store
-
-pytest.importorskip("selenium", reason="the 'test' extra installs selenium")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKEN = "ui-browser-test-token"
