@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install kubectl demo test lint images clean
+.PHONY: install kubectl chromium demo test lint images clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,16 @@ kubectl:
 	  echo "installing kubectl (for kubectl kustomize)"; \
 	  apt-get update -qq && apt-get install -y -qq kubectl; }
 
+# Debian's chromium and its chromedriver, for the dashboard's browser test (tests/test_ui_browser.py)
+chromium:
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+	  echo "installing chromium and chromium-driver (for the dashboard's browser test)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+
 demo: $(STAMP)
 	$(VENV)/bin/adaseg demo $(DEMO_ARGS)
 
-test: $(STAMP) kubectl
+test: $(STAMP) kubectl chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

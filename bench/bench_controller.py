@@ -51,8 +51,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 
-from controller_service.runs import MemberReport, RunRepository, RunSpec  # noqa: E402
 from controller_service.contract.store import FileStore  # noqa: E402
+from controller_service.runs import MemberReport, RunRepository, RunSpec  # noqa: E402
 from tests.fixtures.controller import start_controller  # noqa: E402
 
 LOSS_NAMES = ["semantic", "center", "offset"]

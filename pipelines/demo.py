@@ -212,6 +212,7 @@ class DemoSession:
             log=log,
         )
         print(f"controller on http://127.0.0.1:{port} (log: {log})")
+        print(f"dashboard: http://127.0.0.1:{port}/ui/")
         return f"http://127.0.0.1:{port}"
 
     def _find_or_create_run(self, client: Any) -> dict[str, Any]:

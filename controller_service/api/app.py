@@ -40,6 +40,7 @@ from controller_service.contract import schemas
 from controller_service.contract.store import ObjectStore, StoreError, open_store
 from controller_service.runs import RunError, RunEvents, RunRepository
 from controller_service.runs.ownership import WriterLock, writer_lock
+from controller_service.ui import RepositoryRunSource, ui_router
 
 log = logging.getLogger(__name__)
 API_VERSION = "0.2.0"
@@ -183,4 +184,5 @@ def create_app(
     app.include_router(probes.router)
     for router in (runs.router, trainers.router, transfer.router):
         app.include_router(router, prefix="/v1", dependencies=secured, responses=errors)
+    app.include_router(ui_router(RepositoryRunSource(repository), settings.token, clock=clock))
     return app
