@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtur
 
 from controller_service.contract.store import FileStore  # noqa: E402
 from controller_service.runs import MemberReport, RunRepository, RunSpec  # noqa: E402
-from tests.fixtures.controller import start_controller  # noqa: E402
+from pipelines.local import start_controller  # noqa: E402
 
 LOSS_NAMES = ["semantic", "center", "offset"]
 BEST_WEIGHTS = {"semantic": 1.0, "center": 0.5, "offset": 2.0}
@@ -228,7 +228,8 @@ def repository_turnover(store_dir: Path, workers: int, rounds: int) -> dict[str,
             break
         for assignment in leased:
             losses, pq = fake_training(assignment["weights"])
-            report = MemberReport(losses=losses, pq=pq, checkpoint_uri="file:///m.pt")
+            uri = assignment["checkpoint_uri"]
+            report = MemberReport(losses=losses, pq=pq, checkpoint_uri=uri)
             began = time.perf_counter()
             done = repository.report(run_id, assignment["id"], report)["round_completed"]
         completing.append(time.perf_counter() - began)
@@ -298,7 +299,7 @@ async def bench_workers(
     cpu_before, began = cpu_seconds(pid), time.perf_counter()
     await asyncio.gather(*(one(f"w{i}") for i in range(workers)))
     elapsed, cpu = time.perf_counter() - began, cpu_seconds(pid) - cpu_before
-    record = await one_call(make, url, "GET", f"/v1/runs/{run_id}")
+    rounds_done = await one_call(make, url, "GET", f"/v1/runs/{run_id}/rounds")
     requests = len(samples.lease) + samples.held + samples.waits + len(samples.report)
     return {
         "workers": workers,
@@ -310,7 +311,7 @@ async def bench_workers(
         "turnover_after_answer": percentiles(samples.turnovers(samples.completing_report_answered)),
         "held_leases": samples.held,
         "waits": samples.waits,
-        "invalid_draws": sum(item.get("invalid_draws", 0) for item in record["history"]),
+        "invalid_draws": sum(item["invalid_draws"] for item in rounds_done),
         "service_cpu_ms_per_request": round(1000.0 * cpu / requests, 2),
         "service_cpu_share": round(cpu / elapsed, 2),
     }
@@ -335,7 +336,7 @@ def main() -> int:
         store = Path(tmp) / "store"
         store.mkdir()
         began = time.perf_counter()
-        controller = start_controller(store.as_uri(), log_dir=Path(tmp))
+        controller = start_controller(store.as_uri(), log_path=Path(tmp) / "controller.log")
         results: dict[str, Any] = {
             "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python "
             f"{platform.python_version()}",

@@ -24,23 +24,30 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from controller_service.contract.keys import transfer_key
-from pipelines.local import ChildProcesses, adaseg, child_processes, sigterm_as_interrupt
+from pipelines.local import (
+    Busy,
+    ChildProcesses,
+    adaseg,
+    child_processes,
+    env_with_threads,
+    exclusive,
+    find_or_create_run,
+    follow,
+    start_controller,
+    stop_signals_as_interrupt,
+    train_argv,
+    transfer_argv,
+    worker_argv,
+)
 
 LOSS_NAMES = ("semantic", "center", "offset")
-
-
-def env_with_threads(threads: int) -> dict[str, str]:
-    """A child's environment: this process's, read now (it may hold ADASEG_S3_* set after
-    import), with ``threads`` intra-op threads. The transfer and the baseline get one, as
-    the benchmark's cells do: the tiny model gains little from a second thread, and the
-    float sums (so the PQs) then equal the benchmark's to the last digit."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
 @dataclass(frozen=True)
@@ -116,14 +123,23 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     workers = args.workers or min(config.population, os.cpu_count() or 1)
     store_uri = args.store or (out / "store").as_uri()
-    # SIGTERM too (a parent terminating the demo): every child is stopped on the way out
-    with sigterm_as_interrupt(), child_processes() as children:
-        session = DemoSession(config, out, store_uri, workers, children)
-        try:
-            session.run(controller_url=args.controller)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping every process; run the same command to resume")
-            return 130
+    # SIGTERM and SIGHUP too (a parent or a closed terminal): every child is stopped on the
+    # way out, and the children die with the demo even when it is killed (kill -9)
+    try:
+        with (
+            exclusive(out / ".demo.lock", f"the demo's folder {out}"),
+            stop_signals_as_interrupt(),
+            child_processes() as children,
+        ):
+            session = DemoSession(config, out, store_uri, workers, children)
+            try:
+                session.run(controller_url=args.controller)
+            except KeyboardInterrupt:
+                print("\ninterrupted: stopping every process; run the same command to resume")
+                return 130
+    except Busy as exc:
+        print(f"adaseg demo: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -203,83 +219,47 @@ class DemoSession:
         )  # fmt: skip
 
     def start_controller(self) -> str:
-        from controller_service.net import free_port
-
-        port = free_port()
         log = self.logs / "controller.log"
-        self.children.start(
-            adaseg("serve", "--store", self.store_uri, "--host", "127.0.0.1", "--port", str(port)),
-            log=log,
-        )
-        print(f"controller on http://127.0.0.1:{port} (log: {log})")
-        print(f"dashboard: http://127.0.0.1:{port}/ui/")
-        return f"http://127.0.0.1:{port}"
+        controller = start_controller(self.store_uri, log_path=log, children=self.children)
+        print(f"controller on {controller.url} (log: {log})")
+        print(f"dashboard: {controller.url}/ui/")
+        return controller.url
 
-    def _find_or_create_run(self, client: Any) -> dict[str, Any]:
-        for run in client.list_runs():
-            if run.name == self.tag:
-                print(f"resuming run {run.id} (round {run.round}/{run.rounds})")
-                return run
-        c = self.config
-        run = client.create_run(
-            list(LOSS_NAMES), population=c.population, rounds=c.rounds, seed=c.seed, name=self.tag
-        )
-        print(f"created run {run.id}: population {c.population}, {c.rounds} rounds")
-        return run
-
-    def explore(self, client: Any, url: str) -> dict[str, Any]:
+    def explore(self, client: Any, url: str) -> Any:
         self._phase("2/5 exploration: pseudo epoch + rounds of the population")
-        run = self._find_or_create_run(client)
+        c = self.config
+        run, created = find_or_create_run(
+            client, self.tag, LOSS_NAMES, population=c.population, rounds=c.rounds, seed=c.seed
+        )
+        if created:
+            print(f"created run {run.id}: population {c.population}, {c.rounds} rounds")
+        else:
+            print(f"resuming run {run.id} (round {run.round}/{run.rounds})")
         if run.status == "finished":
             print("exploration already finished")
             return run
         env = env_with_threads(max(1, (os.cpu_count() or 1) // self.workers))
-        for i in range(self.workers):
+        workers = [
             self.children.start(
-                adaseg(
-                    "worker", "--controller", url, "--run", run.id, "--data",
-                    str(self.data_dir), "--store", self.store_uri, "--device", "cpu",
-                    "--worker-id", f"demo-worker-{i}", "--batch-size", str(self.config.batch_size),
+                worker_argv(
+                    url,
+                    run.id,
+                    self.data_dir,
+                    self.store_uri,
+                    f"demo-worker-{i}",
+                    device="cpu",
+                    batch_size=c.batch_size,
                 ),
                 log=self.logs / f"worker-{i}.log",
                 env=env,
             )  # fmt: skip
+            for i in range(self.workers)
+        ]
         print(f"{self.workers} worker processes, logs in {self.logs}")
         started = time.monotonic()
-        run = self._follow(client, run.id, started)
+        run = follow(client, run.id, alive=lambda: any(p.poll() is None for p in workers))
         self._add_time("exploration", time.monotonic() - started)
         return run
-
-    def _follow(self, client: Any, run_id: str, started: float) -> dict[str, Any]:
-        """Print progress until the run finishes; fail fast if every worker died."""
-        total = 1 + self.config.population * self.config.rounds
-        last = ""
-        workers = [p for p in self.children.procs if "worker" in " ".join(map(str, p.args))]
-        done_before = None  # members a resumed run had already trained: not this session's rate
-        while True:
-            run = client.get_run(run_id)
-            done = run.members_done
-            done_before = done if done_before is None else done_before
-            elapsed = time.monotonic() - started
-            per_minute = (done - done_before) / elapsed * 60 if done > done_before else None
-            eta = f"{(total - done) / per_minute * 60:.0f}s" if per_minute else "?"
-            rate = f"{per_minute:.1f} members/min" if per_minute else "?"
-            best = run.best.pq if run.best else None
-            line = (
-                f"round {run.round}/{run.rounds}  members done {done}/{total}  "
-                f"best PQ {best if best is None else f'{best:.2f}'}  "
-                f"elapsed {elapsed:.0f}s  rate {rate}  ETA {eta}"
-            )
-            if line.split("elapsed")[0] != last.split("elapsed")[0]:
-                print(line, flush=True)
-                last = line
-            if run.status == "finished":
-                return run
-            if run.status == "failed":
-                raise RuntimeError(f"run {run_id} failed: {run.failure}")
-            if workers and all(p.poll() is not None for p in workers):
-                raise RuntimeError(f"every worker exited before the run finished; see {self.logs}")
-            time.sleep(1.0)
 
     def transfer(self, url: str, run_id: str) -> None:
         self._phase("3/5 transfer run with the policy ensemble (Eq. 7)")
@@ -287,13 +267,12 @@ class DemoSession:
             print("already done")
             return
         started = time.monotonic()
+        c = self.config
         self.children.run(
-            adaseg(
-                "transfer", "--controller", url, "--policy-run", run_id, "--data",
-                str(self.data_dir), "--epochs", str(self.config.transfer_epochs), "--mode",
-                "ensemble", "--store", self.store_uri, "--transfer-id", f"{self.tag}-ensemble",
-                "--device", "cpu", "--batch-size", str(self.config.batch_size), "--seed",
-                str(self.config.seed),
+            transfer_argv(
+                url, run_id, self.data_dir, self.store_uri, c.transfer_epochs, mode="ensemble",
+                transfer_id=f"{self.tag}-ensemble", device="cpu", batch_size=c.batch_size,
+                seed=c.seed,
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
             env=env_with_threads(1),
@@ -306,12 +285,11 @@ class DemoSession:
             print("already done")
             return
         started = time.monotonic()
+        c = self.config
         self.children.run(
-            adaseg(
-                "train", "--data", str(self.data_dir), "--epochs",
-                str(self.config.transfer_epochs), "--strategy", "equal", "--store",
-                self.store_uri, "--out-id", f"{self.tag}-equal", "--device", "cpu",
-                "--batch-size", str(self.config.batch_size), "--seed", str(self.config.seed),
+            train_argv(
+                "equal", self.data_dir, self.store_uri, c.transfer_epochs,
+                out_id=f"{self.tag}-equal", device="cpu", batch_size=c.batch_size, seed=c.seed,
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
             env=env_with_threads(1),

@@ -16,7 +16,8 @@ from controller_service.contract.client import (
     ServerUnavailable,
 )
 from controller_service.net import free_port
-from tests.fixtures.controller import ControllerProcess, start_controller
+from pipelines.local import ChildProcesses, ControllerProcess
+from pipelines.local import start_controller as launch
 
 NAMES = ["semantic", "center", "offset"]
 LOSSES = {"semantic": 1.0, "center": 2.0, "offset": 0.5}
@@ -26,9 +27,11 @@ def test_client_retries_until_a_late_service_comes_up(tmp_path: Path):
     port = free_port()
     started: list[ControllerProcess] = []
 
-    def start_late() -> None:
+    def start_late() -> None:  # from a thread that ends: the child must not die with it
         time.sleep(1.0)
-        started.append(start_controller((tmp_path / "store").as_uri(), port=port, log_dir=tmp_path))
+        uri, log = (tmp_path / "store").as_uri(), tmp_path / "late.log"
+        children = ChildProcesses(die_with_parent=False)
+        started.append(launch(uri, port=port, log_path=log, children=children))
 
     (tmp_path / "store").mkdir()
     thread = threading.Thread(target=start_late)

@@ -15,6 +15,7 @@ import pytest
 
 from controller_service.contract.store import open_store
 
+TRAINED_ONE = re.compile(r"members done [1-9]")  # the exploration has trained a member
 ROW = re.compile(
     r"^(baseline|Ada-Segment-A|Ada-Segment \(transfer)[^\d]*?\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
 )
@@ -59,7 +60,7 @@ def _interrupt_mid_exploration(out: Path) -> str:
     deadline = time.monotonic() + 600
     for line in proc.stdout:
         lines.append(line)
-        if "members done 1/" in line or time.monotonic() > deadline:
+        if TRAINED_ONE.search(line) or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
@@ -149,3 +150,57 @@ def test_quick_demo_against_a_running_controller_and_an_s3_store(
     )
     assert store.exists(f"transfers/{tag}-equal/final.pt")
     assert not (out / "store").exists()  # nothing went to the default file store
+
+
+def _start_until(out: Path, marker: str) -> tuple[subprocess.Popen, str]:
+    """Start the demo and read its output until a line matches ``marker`` (a regex)."""
+    proc = subprocess.Popen(
+        _demo_argv(out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen = ""
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        seen += line
+        if re.search(marker, line) or time.monotonic() > deadline:
+            break
+    return proc, seen
+
+
+def _wait_gone(out: Path, seconds: float = 30) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _processes_mentioning(str(out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP])
+def test_a_demo_killed_or_hung_up_takes_every_child_with_it(tmp_path: Path, how) -> None:
+    """kill -9 (no clean-up code runs) or a closed terminal: the controller and the workers
+    die with the demo, so a second demo never finds them driving its run."""
+    out = tmp_path / "outputs"
+    proc, seen = _start_until(out, TRAINED_ONE.pattern)
+    assert TRAINED_ONE.search(seen), seen
+    assert len(_processes_mentioning(str(out))) >= 4  # the demo, a controller, 2 workers
+    proc.send_signal(how)
+    proc.wait(timeout=60)
+    assert _wait_gone(out) == []
+
+
+@pytest.mark.slow
+def test_a_second_demo_on_the_same_outputs_refuses_to_run(tmp_path: Path) -> None:
+    out = tmp_path / "outputs"
+    first, seen = _start_until(out, "created run")
+    try:
+        assert "created run" in seen, seen
+        second = subprocess.run(_demo_argv(out), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"in use by process {first.pid}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    assert _wait_gone(out) == []
