@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer_image.train_cli", "train with a static weighting strategy (baselines)"),
     "data": ("trainer_image.data_cli", "synthesize COCO-panoptic data and proxy splits"),
     "pq": ("trainer_image.pq_cli", "panoptic quality of predictions on files (pq_compute drop-in)"),
+    "fuse": ("trainer_image.fuse_cli", "two models and their two-level fusion, PQ side by side"),
+    "models": ("trainer_image.models_cli", "list the registered models, presets and loss names"),
     "pipeline": ("pipelines.cli", "compile or submit the Kubeflow pipelines"),
     "demo": ("pipelines.demo", "run the whole method locally and print a comparison table"),
 }
