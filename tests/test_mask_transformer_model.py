@@ -125,6 +125,13 @@ def test_losses_heads_and_published_weights(synth_train, batch) -> None:
     }
     deep = MaskTransformer.config_loss_names("gpu")
     assert len(deep) == 31 and deep[-1] == "semantic"
+    # the gpu preset's loss grid (stride 4) and a deeper decoder, on the tiny network
+    torch.manual_seed(0)
+    strided = build_model(
+        "mask_transformer", synth_train.categories, loss_stride=4, decoder_layers=3
+    )
+    values = strided(batch)
+    assert len(values) == 13 and all(torch.isfinite(v) for v in values.values())
 
 
 def test_remask_and_reclass_change_only_their_losses_and_only_in_training(

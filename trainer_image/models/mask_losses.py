@@ -19,8 +19,8 @@ Both mask losses are 0 — with a gradient path, so DDP sees every parameter use
 in a batch without segments.
 
 The Hungarian matching cost of a (query, segment) pair is Mask2Former's
-``cost_class · (−p_class) + cost_mask · BCE + cost_dice · dice`` over all pixels
-(Mask2Former samples 12,544 points; our images are small enough for all of them).
+``cost_class · (−p_class) + cost_mask · BCE + cost_dice · dice`` over the pixels
+it is given (Mask2Former samples 12,544 points; the model passes its stride-4 grid).
 
 The relaxations (ReMaX, Sun et al., NeurIPS 2023) are :func:`remask_prior` and
 :func:`reclass_targets`; the model's module docstring gives our reading of the paper.

@@ -31,11 +31,14 @@ set; we did not build it.
 **Losses** (``mask_losses.py``): for the final set ``class``, ``mask``, ``dice``;
 for each earlier set i ``class_i``, ``mask_i``, ``dice_i`` (i = 0 .. L−1); and
 ``semantic``, the auxiliary per-pixel cross-entropy (void ignored). Every set is
-Hungarian-matched on its own (``matching.py``). ``loss_parameters`` gives each
-class loss its class head and the semantic loss the semantic head; a set's mask
-and dice losses both train its mask head, so both list it and the trainer counts
-it as shared between them (``training.head_parameters``): no head of its own for
-those two, and the lr/λ rule applies to the class and semantic heads.
+Hungarian-matched on its own (``matching.py``), on the mask logits' own stride-4
+grid against the targets sampled there (Mask2Former matches on sampled points too);
+the losses then take the matched masks to ``loss_stride``. ``loss_parameters``
+gives each class loss its class head and the semantic loss the semantic head; a
+set's mask and dice losses both train its mask head, so both list it and the
+trainer counts it as shared between them (``training.head_parameters``): no head
+of its own for those two, and the lr/λ rule applies to the class and semantic
+heads.
 At the default depth (2 layers) that is 3 × 3 + 1 = 10 losses; the ``gpu``
 preset (9 layers, as Mask2Former) has 31. ``published_weights`` are Mask2Former's:
 class 2.0, mask 5.0, dice 5.0 at every layer (the no-object weight 0.1 is inside
@@ -517,14 +520,16 @@ class MaskTransformer(nn.Module):
         out = self.outputs(images)
         stride = self.config["loss_stride"]
         size = (math.ceil(images.shape[-2] / stride), math.ceil(images.shape[-1] / stride))
+        mask_stride = self.backbone.strides[0]  # the mask logits' own grid: matching is on it
         panoptic = get["panoptic"][:, ::stride, ::stride].flatten(1)
+        coarse = get["panoptic"][:, ::mask_stride, ::mask_stride].flatten(1)
         semantic = get["semantic"][:, ::stride, ::stride].long()
         targets = []
         for b in range(images.shape[0]):
             valid = get["segment_classes"][b] >= 0
-            ids = get["segment_ids"][b][valid]
-            masks = (panoptic[b][None, :] == ids[:, None]).float()
-            targets.append((get["segment_classes"][b][valid].long(), masks))
+            ids = get["segment_ids"][b][valid][:, None]
+            classes = get["segment_classes"][b][valid].long()
+            targets.append((classes, (coarse[b][None] == ids).float(), panoptic[b][None] == ids))
 
         semantic_logits = _resize(out["semantic"], size)
         losses = {
@@ -538,9 +543,8 @@ class MaskTransformer(nn.Module):
         for index, (class_logits, mask_logits) in enumerate(out["sets"]):
             suffix = "" if index == final else f"_{index}"
             values = self._set_losses(
-                class_logits, _resize(mask_logits, size).flatten(2), targets,
-                semantic.flatten(1), semantic_probs,
-            )  # fmt: skip
+                class_logits, mask_logits, targets, size, semantic.flatten(1), semantic_probs
+            )
             for kind, value in zip(("class", "mask", "dice"), values, strict=True):
                 losses[f"{kind}{suffix}"] = value
         return {name: losses[name] for name in self.loss_names}
@@ -549,38 +553,52 @@ class MaskTransformer(nn.Module):
         self,
         class_logits: torch.Tensor,
         mask_logits: torch.Tensor,
-        targets: list[tuple[torch.Tensor, torch.Tensor]],
+        targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        size: tuple[int, int],
         semantic_labels: torch.Tensor,
         semantic_probs: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(class, mask, dice) of one prediction set: ``mask_logits`` (B, N, P) at the
-        targets' P pixels; matching per image; ReMaX's relaxations when training."""
+        """(class, mask, dice) of one prediction set.
+
+        Matching per image on the mask logits' own stride-4 grid against the targets
+        sampled there (Mask2Former matches on sampled points too); the losses on the
+        matched masks only, resized to the loss grid ``size``; ReMaX's relaxations
+        when training.
+        """
         batch, queries, _ = class_logits.shape
         num_classes = self.num_classes
+        coarse_logits = mask_logits.flatten(2)
+        images, query_index, target_classes, target_masks = [], [], [], []
+        for b, (classes, coarse, full) in enumerate(targets):
+            rows, cols = match(class_logits[b], coarse_logits[b], classes, coarse, self.costs)
+            images.append(torch.full_like(rows, b))
+            query_index.append(rows)
+            target_classes.append(classes[cols])
+            target_masks.append(full[cols])
+        image_of = torch.cat(images)
+        query_of = torch.cat(query_index)
+        matched_classes = torch.cat(target_classes)
+        masks = torch.cat(target_masks).float()
+        # one gather for the whole batch, then only the matched masks go to the loss grid
+        logits = _resize(mask_logits[image_of, query_of][:, None], size).flatten(1)
         class_targets = torch.full(
             (batch, queries), num_classes, dtype=torch.long, device=class_logits.device
         )
-        reclass = self.training and self.config["reclass"]
-        soft = F.one_hot(class_targets, num_classes + 1).float() if reclass else None
-        matched_logits, matched_masks, priors = [], [], []
-        for b, (classes, masks) in enumerate(targets):
-            query_index, target_index = match(
-                class_logits[b], mask_logits[b], classes, masks, self.costs
-            )
-            logits = mask_logits[b, query_index]
-            matched_logits.append(logits)
-            matched_masks.append(masks[target_index])
-            class_targets[b, query_index] = classes[target_index]
-            if soft is not None:
-                soft[b, query_index] = reclass_targets(
-                    logits, semantic_labels[b].expand_as(logits), classes[target_index],
-                    num_classes, self.config["reclass_eta"],
-                )  # fmt: skip
-            if semantic_probs is not None:
-                priors.append(remask_prior(class_logits[b, query_index], semantic_probs[b]))
-        logits = torch.cat(matched_logits)
-        masks = torch.cat(matched_masks)
-        prior = torch.cat(priors) if semantic_probs is not None else None
+        class_targets[image_of, query_of] = matched_classes
+        soft = None
+        if self.training and self.config["reclass"]:
+            soft = F.one_hot(class_targets, num_classes + 1).float()
+            soft[image_of, query_of] = reclass_targets(
+                logits, semantic_labels[image_of], matched_classes, num_classes,
+                self.config["reclass_eta"],
+            )  # fmt: skip
+        prior = None
+        if semantic_probs is not None:
+            matched_class_logits = class_logits[image_of, query_of]
+            prior = torch.empty_like(logits, dtype=torch.float32)
+            for b in range(batch):
+                chosen = image_of == b
+                prior[chosen] = remask_prior(matched_class_logits[chosen], semantic_probs[b])
         count = int(logits.shape[0])
         return (
             class_cross_entropy(class_logits, class_targets, self.config["no_object_weight"], soft),
