@@ -13,14 +13,17 @@ it runs on the proxy-validation split every round.
 Sizes:
 
 * ``tiny`` / ``mask-tiny`` at the demo's size (64×64 synthetic images, batch 16);
+  ``mask-remax`` is ``mask-tiny`` with ReMask and ReClass on;
 * ``gpu`` / ``mask-gpu`` (the GPU presets) at 512×512, batch 2 — measured on
   whatever device runs this (``--device``), so on a CPU-only machine it is a CPU
   figure.
 
-When both rows of a size run, the mask transformer's training rate is printed as
-a ratio of the default model's, measured in the same run.
+When both rows of a pair run, the mask transformer's training rate is printed as
+a ratio of the default model's (and ReMaX's as one of the plain mask
+transformer's), measured in the same run.
 
-    .venv/bin/python bench/bench_train.py --only tiny --only mask-tiny --threads 1
+    .venv/bin/python bench/bench_train.py --only tiny --only mask-tiny --only mask-remax \
+        --threads 1
     .venv/bin/python bench/bench_train.py --only gpu --threads 1
 """
 
@@ -48,10 +51,13 @@ ROWS = {
     "tiny": ("panoptic_deeplab", "tiny", 64, 16, 1.0),
     "gpu": ("panoptic_deeplab", "gpu", 512, 2, 0.1),
     "mask-tiny": ("mask_transformer", "tiny", 64, 16, 1.0),
+    "mask-remax": ("mask_transformer", "tiny", 64, 16, 1.0),
     "mask-gpu": ("mask_transformer", "gpu", 512, 2, 0.1),
 }
-# mask-transformer row → the default-model row it is compared with
-PAIRS = {"mask-tiny": "tiny", "mask-gpu": "gpu"}
+# model config beyond the preset
+OVERRIDES = {"mask-remax": {"remask": True, "reclass": True}}
+# row → the row it is compared with (same run, same thread count)
+PAIRS = {"mask-tiny": "tiny", "mask-remax": "mask-tiny", "mask-gpu": "gpu"}
 
 
 def _sync(device: torch.device) -> None:
@@ -86,7 +92,9 @@ def bench_row(
         synthesize(root, max(2 * batch_size, 8), size, seed=0, val_images=1, progress=False)
     split = PanopticSplit.from_dir(root, "train")
     torch.manual_seed(0)
-    model = build_model(model_name, split.categories, preset=preset).to(device)
+    model = build_model(model_name, split.categories, preset=preset, **OVERRIDES.get(name, {})).to(
+        device
+    )
     params = sum(p.numel() for p in model.parameters())
 
     loader = make_loader(split, batch_size, train=True, target_builder=model.target_builder())
@@ -168,14 +176,14 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     header = (
-        f"{'row':9} {'thr':>3} {'losses':>6} {'params':>7} {'size':>5} {'batch':>5} "
+        f"{'row':10} {'thr':>3} {'losses':>6} {'params':>7} {'size':>5} {'batch':>5} "
         f"{'step ms':>8} {'it/s':>6} {'train img/s':>11} {'predict img/s':>13} "
         f"{'loader img/s':>12}"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['row']:9} {r['threads']:>3} {r['losses']:>6} {r['params_M']:>6}M "
+            f"{r['row']:10} {r['threads']:>3} {r['losses']:>6} {r['params_M']:>6}M "
             f"{r['image_size']:>5} {r['batch']:>5} {r['step_ms']:>8} {r['train_it_per_s']:>6} "
             f"{r['train_img_per_s']:>11} {r['predict_img_per_s']:>13} {r['loader_img_per_s']:>12}"
         )
@@ -189,17 +197,17 @@ def main() -> None:
                 f"{r['train_img_per_s'] / base['train_img_per_s']:.2f}x the rate of "
                 f"{base['threads']} thread(s)"
             )
-    for mask_row, base_row in PAIRS.items():
+    for row, base_row in PAIRS.items():
         same = [
             (r, b)
             for r in rows
-            if r["row"] == mask_row
+            if r["row"] == row
             for b in rows
             if b["row"] == base_row and b["threads"] == r["threads"]
         ]
         for r, b in same:
             print(
-                f"{mask_row} ({r['threads']} thr) trains at "
+                f"{row} ({r['threads']} thr) trains at "
                 f"{r['train_img_per_s'] / b['train_img_per_s']:.2f}x the images/s of {base_row}; "
                 f"predict at {r['predict_img_per_s'] / b['predict_img_per_s']:.2f}x"
             )

@@ -17,6 +17,7 @@ from trainer_image.models.mask_losses import (
     mask_bce_loss,
     pairwise_mask_costs,
     reclass_targets,
+    remask_logits,
     remask_prior,
 )
 from trainer_image.models.matching import MatchCosts, hungarian, match, match_cost
@@ -74,37 +75,34 @@ def test_mask_and_dice_losses_by_hand() -> None:
     assert float(zero.detach()) == 0.0 and zero.requires_grad
 
 
-def test_remask_damps_false_positives_and_keeps_the_positive_gradient() -> None:
-    """Pixel 0 is in the segment, pixel 1 a false positive (σ = 3/4 where the truth is 0);
-    a prior of 0.4 at the false positive relaxes its probability to 0.3."""
-    logits = torch.tensor([[LN3, LN3]], requires_grad=True)
-    targets = torch.tensor([[1.0, 0.0]])
-    prior = torch.tensor([[1.0, 0.4]])
+def test_remask_scales_logits_where_the_semantic_branch_agrees() -> None:
+    """Three pixels of one mask, all at logit ln 3 (σ = 3/4): in the segment with the
+    semantic branch sure of the query's class (s = 1), a false positive the branch rules
+    out (s = 0), and a false positive on a same-class neighbour (s = 1)."""
+    logits = torch.full((1, 3), LN3, requires_grad=True)
+    targets = torch.tensor([[1.0, 0.0, 0.0]])
+    prior = torch.tensor([[1.0, 0.0, 1.0]])
+    relaxed = remask_logits(logits, prior)
+    assert relaxed.tolist()[0] == pytest.approx([2 * LN3, LN3, 2 * LN3])  # σ: 9/10, 3/4, 9/10
     plain = mask_bce_loss(logits, targets)
-    relaxed = mask_bce_loss(logits, targets, prior)
-    assert float(plain.detach()) == pytest.approx((-math.log(0.75) - math.log(0.25)) / 2)
-    assert float(relaxed.detach()) == pytest.approx(
-        (-math.log(0.75) - math.log(1 - 0.4 * 0.75)) / 2
+    loss = mask_bce_loss(relaxed, targets)
+    assert float(plain.detach()) == pytest.approx(-(math.log(0.75) + 2 * math.log(0.25)) / 3)
+    # the confirmed right pixel costs less, the ruled-out one the same, the neighbour more
+    assert float(loss.detach()) == pytest.approx(
+        -(math.log(0.9) + math.log(0.25) + math.log(0.1)) / 3
     )
-    (plain_grad,) = torch.autograd.grad(plain, logits)
-    (relaxed_grad,) = torch.autograd.grad(relaxed, logits)
-    assert relaxed_grad[0, 0] == pytest.approx(float(plain_grad[0, 0]))  # positive: unchanged
-    # false positive: d/dx −ln(1 − sσ) / 2 = s σ (1 − σ) / (1 − s σ) / 2
-    assert relaxed_grad[0, 1] == pytest.approx(0.4 * 0.75 * 0.25 / (1 - 0.3) / 2)
-    assert 0 < relaxed_grad[0, 1] < plain_grad[0, 1] == pytest.approx(0.75 / 2)
-    # dice sees the same relaxed probability: p = (3/4, 0.3)
-    logits = logits.detach()
-    assert dice_loss(logits, targets, prior) == pytest.approx(1 - 2.5 / (1.05 + 1 + 1))
-    # a prior of 1 changes nothing; a prior of 0 removes the false positive entirely
-    assert mask_bce_loss(logits, targets, torch.ones(1, 2)) == pytest.approx(float(plain.detach()))
-    assert mask_bce_loss(logits, targets, torch.tensor([[1.0, 0.0]])) == pytest.approx(
-        -math.log(0.75) / 2
+    (grad,) = torch.autograd.grad(loss, logits)
+    # d/dx BCE(σ((1 + s) x)) = (1 + s)(σ((1 + s) x) − y), over 3 pixels
+    assert grad.tolist()[0] == pytest.approx([2 * (0.9 - 1) / 3, 0.75 / 3, 2 * 0.9 / 3])
+    # dice sees the relaxed probabilities (9/10, 3/4, 9/10)
+    assert float(dice_loss(relaxed, targets).detach()) == pytest.approx(
+        1 - (2 * 0.9 + 1) / (2.55 + 1 + 1)
     )
-    # stable for confident logits at both ends of the prior
-    big = torch.tensor([[30.0, 30.0]])
-    for s in (0.0, 1.0):
-        value = mask_bce_loss(big, targets, torch.tensor([[1.0, s]]))
-        assert math.isfinite(float(value))
+    # no logit changes sign: the relaxed mask covers the same pixels
+    signs = torch.tensor([[-2.0, 0.5, 3.0]])
+    assert torch.equal(remask_logits(signs, torch.tensor([[0.3, 1.0, 0.7]])) > 0, signs > 0)
+    # a zero prior changes nothing
+    assert torch.equal(remask_logits(logits, torch.zeros(1, 3)), logits)
 
 
 def test_remask_prior_is_the_semantic_probability_of_the_query_class() -> None:
@@ -125,16 +123,16 @@ def test_remask_prior_is_the_semantic_probability_of_the_query_class() -> None:
 def test_reclass_softens_by_what_the_mask_covers() -> None:
     # mask probabilities (3/4, 1/4, 1/2) on pixels of class 0, class 1 and void
     logits = torch.tensor([[LN3, -LN3, 0.0]])
-    labels = torch.tensor([[0, 1, 255]])
+    labels = torch.tensor([0, 1, 255])
     soft = reclass_targets(logits, labels, torch.tensor([0]), num_classes=2, eta=0.1)
     # shares on labelled pixels: class 0 3/4, class 1 1/4 → 0.9·onehot + 0.1·share
     assert soft.tolist()[0] == pytest.approx([0.9 + 0.075, 0.025, 0.0])
     assert float(soft.sum()) == pytest.approx(1.0)
     # a mask wholly on its own class keeps the one-hot target
-    own = reclass_targets(logits, torch.tensor([[0, 0, 255]]), torch.tensor([0]), 2, 0.1)
+    own = reclass_targets(logits, torch.tensor([0, 0, 255]), torch.tensor([0]), 2, 0.1)
     assert own.tolist()[0] == pytest.approx([1.0, 0.0, 0.0])
     # no mass on labelled pixels: one-hot
-    void = reclass_targets(logits, torch.tensor([[255, 255, 255]]), torch.tensor([1]), 2, 0.1)
+    void = reclass_targets(logits, torch.tensor([255, 255, 255]), torch.tensor([1]), 2, 0.1)
     assert void.tolist()[0] == pytest.approx([0.0, 1.0, 0.0])
 
 

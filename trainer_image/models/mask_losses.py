@@ -22,8 +22,9 @@ The Hungarian matching cost of a (query, segment) pair is Mask2Former's
 ``cost_class · (−p_class) + cost_mask · BCE + cost_dice · dice`` over the pixels
 it is given (Mask2Former samples 12,544 points; the model passes its stride-4 grid).
 
-The relaxations (ReMaX, Sun et al., NeurIPS 2023) are :func:`remask_prior` and
-:func:`reclass_targets`; the model's module docstring gives our reading of the paper.
+The relaxations (ReMaX, Sun et al., NeurIPS 2023) are :func:`remask_prior` with
+:func:`remask_logits`, and :func:`reclass_targets`; the model's module docstring gives
+our reading of the paper.
 """
 
 from __future__ import annotations
@@ -84,64 +85,46 @@ def _normaliser(count: int, device: torch.device) -> torch.Tensor:
     return _mean_over_ranks(value).clamp_min(1.0)
 
 
-def _log_one_minus(prob_scale: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log(1 − s·σ(x)), stable for every s in [0, 1] and every x.
-
-    1 − s·σ(x) = (1 − s) + s·σ(−x), a sum of two non-negative terms taken in log space.
-    """
-    s = prob_scale.clamp(0.0, 1.0)
-    return torch.logaddexp(torch.log1p(-s), torch.log(s) + F.logsigmoid(-logits))
-
-
 def mask_bce_loss(
-    mask_logits: torch.Tensor,
-    target_masks: torch.Tensor,
-    prior: torch.Tensor | None = None,
-    count: int | None = None,
+    mask_logits: torch.Tensor, target_masks: torch.Tensor, count: int | None = None
 ) -> torch.Tensor:
     """Sigmoid BCE of matched masks: mean over pixels, summed over pairs / matched count.
 
-    ``mask_logits`` and ``target_masks`` (T, P). With a ReMask ``prior`` (T, P) in [0, 1]
-    (detached), the false-positive term of a pixel is computed on the relaxed probability
-    ``prior · σ(x)``: ``−log(1 − prior·σ(x))`` instead of ``−log(1 − σ(x))``; the
-    positive term is unchanged (module docstring of the model).
+    ``mask_logits`` and ``target_masks`` (T, P); ``count`` the batch's matched pairs
+    (default T).
     """
     logits = mask_logits.float()
-    targets = target_masks.float()
     count = int(logits.shape[0]) if count is None else count
     if logits.numel() == 0:
         return mask_logits.sum() * 0.0
-    if prior is None:
-        per_pixel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    else:
-        per_pixel = -targets * F.logsigmoid(logits) - (1.0 - targets) * _log_one_minus(
-            prior.float(), logits
-        )
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target_masks.float(), reduction="none")
     return per_pixel.mean(-1).sum() / _normaliser(count, logits.device)
 
 
 def dice_loss(
-    mask_logits: torch.Tensor,
-    target_masks: torch.Tensor,
-    prior: torch.Tensor | None = None,
-    count: int | None = None,
+    mask_logits: torch.Tensor, target_masks: torch.Tensor, count: int | None = None
 ) -> torch.Tensor:
-    """Dice loss of matched masks, summed over pairs / matched count.
-
-    With a ReMask ``prior``, the probability off the ground truth is ``prior · σ(x)``
-    (on it, σ(x)), the same relaxed probability as :func:`mask_bce_loss`.
-    """
+    """Dice loss of matched masks, summed over pairs / matched count."""
     logits = mask_logits.float()
     targets = target_masks.float()
     count = int(logits.shape[0]) if count is None else count
     if logits.numel() == 0:
         return mask_logits.sum() * 0.0
     prob = logits.sigmoid()
-    if prior is not None:
-        prob = prob * (targets + (1.0 - targets) * prior.float())
     numerator = 2.0 * (prob * targets).sum(-1) + 1.0
     denominator = prob.sum(-1) + targets.sum(-1) + 1.0
     return (1.0 - numerator / denominator).sum() / _normaliser(count, logits.device)
+
+
+def remask_logits(mask_logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """ReMask's relaxed mask logits ``m + m ⊙ s`` (the paper's figure 2), ``prior`` s
+    (T, P) in [0, 1] from :func:`remask_prior`, detached.
+
+    Each logit keeps its sign, so a relaxed mask covers the same pixels (σ ≥ 0.5) as the
+    plain one; where the semantic branch confirms the query's class (s → 1) the logit is
+    up to doubled, elsewhere (s → 0) it is left as it is.
+    """
+    return mask_logits + mask_logits * prior.to(mask_logits.dtype)
 
 
 def remask_prior(class_logits: torch.Tensor, semantic_probs: torch.Tensor) -> torch.Tensor:
@@ -167,21 +150,23 @@ def reclass_targets(
     num_classes: int,
     eta: float = 0.1,
 ) -> torch.Tensor:
-    """ReClass's soft class targets of T matched queries: (T, K + 1).
+    """ReClass's soft class targets of T matched queries of one image: (T, K + 1).
 
-    ``o_{t,c}``: the share of query t's predicted mask (its probabilities σ(x), detached)
-    that lies on ground-truth pixels of class c (``semantic_labels`` (T, P), void =
-    255 not counted). The target is ``(1 − eta) · onehot(class_t) + eta · o_t``: a mask
-    that lies wholly on its own class keeps the one-hot target; one that spills onto
-    other classes moves ``eta`` times that share of the target to them. A mask with no
-    mass on labelled pixels keeps the one-hot target. "No object" always gets 0.
+    ``o_{t,c}``: the share of query t's predicted mask (its probabilities σ(x), detached,
+    ``mask_logits`` (T, P)) that lies on ground-truth pixels of class c
+    (``semantic_labels`` (P,), void = 255 not counted). The target is
+    ``(1 − eta) · onehot(class_t) + eta · o_t``: a mask that lies wholly on its own class
+    keeps the one-hot target; one that spills onto other classes moves ``eta`` times that
+    share of the target to them. A mask with no mass on labelled pixels keeps the one-hot
+    target. "No object" always gets 0.
     """
     with torch.no_grad():
         prob = mask_logits.float().sigmoid()
         labelled = semantic_labels != IGNORE_LABEL
-        labels = torch.where(labelled, semantic_labels, 0).long()
-        overlap = torch.zeros(prob.shape[0], num_classes + 1, device=prob.device)
-        overlap.scatter_add_(1, labels, prob * labelled)
+        pixel_class = F.one_hot(torch.where(labelled, semantic_labels, num_classes).long(),
+                                num_classes + 1).float()  # fmt: skip
+        pixel_class[:, num_classes] = 0.0  # void pixels count for no class
+        overlap = prob @ pixel_class  # (T, K + 1): one matrix product per image
         onehot = F.one_hot(target_classes.long(), num_classes + 1).float()
         total = overlap.sum(-1, keepdim=True)
         share = torch.where(total > 0, overlap / total.clamp_min(1e-12), onehot)
