@@ -1,19 +1,29 @@
-"""Training throughput of the default model (Panoptic-DeepLab, pure PyTorch).
+"""Training throughput of both model families (pure PyTorch), measured in one run.
 
-One training step is forward (three losses) + backward of their equal-weight
-sum + one SGD step (momentum 0.9, weight decay 1e-4), on batches of synthetic
-images with their real targets, already in memory: the data loader is timed
-on its own line, so either cost can be compared with the other. Inference
+Panoptic-DeepLab (the default model, three losses) and the mask transformer
+(ten losses at its default depth: Hungarian matching per prediction set, mask
+losses at full resolution). One training step is forward (every loss) +
+backward of their equal-weight sum + one SGD step (momentum 0.9, weight decay
+1e-4), on batches of synthetic images with their real targets, already in
+memory: the data loader is timed on its own line, so either cost can be
+compared with the other. Inference
 (``model.predict``: eval forward + batched post-processing) is timed too, since
 it runs on the proxy-validation split every round.
 
 Sizes:
 
-* ``tiny`` at the demo's size (64×64 synthetic images, batch 16);
-* ``gpu`` (the GPU preset) at 512×512, batch 2 — measured on whatever device
-  runs this (``--device``), so on a CPU-only machine it is a CPU figure.
+* ``tiny`` / ``mask-tiny`` at the demo's size (64×64 synthetic images, batch 16);
+  ``mask-remax`` is ``mask-tiny`` with ReMask and ReClass on;
+* ``gpu`` / ``mask-gpu`` (the GPU presets) at 512×512, batch 2 — measured on
+  whatever device runs this (``--device``), so on a CPU-only machine it is a CPU
+  figure.
 
-    .venv/bin/python bench/bench_train.py --only tiny --threads 1,2
+When both rows of a pair run, the mask transformer's training rate is printed as
+a ratio of the default model's (and ReMaX's as one of the plain mask
+transformer's), measured in the same run.
+
+    .venv/bin/python bench/bench_train.py --only tiny --only mask-tiny --only mask-remax \
+        --threads 1
     .venv/bin/python bench/bench_train.py --only gpu --threads 1
 """
 
@@ -37,10 +47,17 @@ from trainer_image.data.synth import synthesize
 from trainer_image.models import build_model
 
 ROWS = {
-    # name: (preset, image size, batch size, share of --steps timed)
-    "tiny": ("tiny", 64, 16, 1.0),
-    "gpu": ("gpu", 512, 2, 0.1),
+    # name: (model, preset, image size, batch size, share of --steps timed)
+    "tiny": ("panoptic_deeplab", "tiny", 64, 16, 1.0),
+    "gpu": ("panoptic_deeplab", "gpu", 512, 2, 0.1),
+    "mask-tiny": ("mask_transformer", "tiny", 64, 16, 1.0),
+    "mask-remax": ("mask_transformer", "tiny", 64, 16, 1.0),
+    "mask-gpu": ("mask_transformer", "gpu", 512, 2, 0.1),
 }
+# model config beyond the preset
+OVERRIDES = {"mask-remax": {"remask": True, "reclass": True}}
+# row → the row it is compared with (same run, same thread count)
+PAIRS = {"mask-tiny": "tiny", "mask-remax": "mask-tiny", "mask-gpu": "gpu"}
 
 
 def _sync(device: torch.device) -> None:
@@ -68,14 +85,16 @@ def _median_seconds(fn: Callable[[], None], repeats: int, device: torch.device) 
 def bench_row(
     name: str, data_root: Path, steps: int, warmup: int, device: torch.device
 ) -> dict[str, float | int | str]:
-    preset, size, batch_size, share = ROWS[name]
+    model_name, preset, size, batch_size, share = ROWS[name]
     steps, warmup = max(3, round(steps * share)), max(1, round(warmup * share))
     root = data_root / f"{name}-{size}"
     if not (root / "annotations" / "panoptic_train.json").is_file():
         synthesize(root, max(2 * batch_size, 8), size, seed=0, val_images=1, progress=False)
     split = PanopticSplit.from_dir(root, "train")
     torch.manual_seed(0)
-    model = build_model("panoptic_deeplab", split.categories, preset=preset).to(device)
+    model = build_model(model_name, split.categories, preset=preset, **OVERRIDES.get(name, {})).to(
+        device
+    )
     params = sum(p.numel() for p in model.parameters())
 
     loader = make_loader(split, batch_size, train=True, target_builder=model.target_builder())
@@ -110,6 +129,8 @@ def bench_row(
     predict_s = _median_seconds(predict, max(3, steps // 2), device)
     return {
         "row": name,
+        "model": model_name,
+        "losses": len(model.loss_names),
         "preset": preset,
         "params_M": round(params / 1e6, 2),
         "image_size": size,
@@ -155,13 +176,14 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     header = (
-        f"{'row':5} {'thr':>3} {'preset':6} {'params':>7} {'size':>5} {'batch':>5} {'step ms':>8} "
-        f"{'it/s':>6} {'train img/s':>11} {'predict img/s':>13} {'loader img/s':>12}"
+        f"{'row':10} {'thr':>3} {'losses':>6} {'params':>7} {'size':>5} {'batch':>5} "
+        f"{'step ms':>8} {'it/s':>6} {'train img/s':>11} {'predict img/s':>13} "
+        f"{'loader img/s':>12}"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['row']:5} {r['threads']:>3} {r['preset']:6} {r['params_M']:>6}M "
+            f"{r['row']:10} {r['threads']:>3} {r['losses']:>6} {r['params_M']:>6}M "
             f"{r['image_size']:>5} {r['batch']:>5} {r['step_ms']:>8} {r['train_it_per_s']:>6} "
             f"{r['train_img_per_s']:>11} {r['predict_img_per_s']:>13} {r['loader_img_per_s']:>12}"
         )
@@ -175,12 +197,26 @@ def main() -> None:
                 f"{r['train_img_per_s'] / base['train_img_per_s']:.2f}x the rate of "
                 f"{base['threads']} thread(s)"
             )
+    for row, base_row in PAIRS.items():
+        same = [
+            (r, b)
+            for r in rows
+            if r["row"] == row
+            for b in rows
+            if b["row"] == base_row and b["threads"] == r["threads"]
+        ]
+        for r, b in same:
+            print(
+                f"{row} ({r['threads']} thr) trains at "
+                f"{r['train_img_per_s'] / b['train_img_per_s']:.2f}x the images/s of {base_row}; "
+                f"predict at {r['predict_img_per_s'] / b['predict_img_per_s']:.2f}x"
+            )
     if {"tiny", "gpu"} <= first.keys() and first["tiny"]["threads"] == first["gpu"]["threads"]:
         ratio = first["tiny"]["train_img_per_s"] / first["gpu"]["train_img_per_s"]
-        pixels = (ROWS["gpu"][1] / ROWS["tiny"][1]) ** 2
+        pixels = (ROWS["gpu"][2] / ROWS["tiny"][2]) ** 2
         print(
-            f"tiny@{ROWS['tiny'][1]} trains {ratio:.0f}x more images/s than "
-            f"gpu@{ROWS['gpu'][1]} ({ratio / pixels:.1f}x per pixel) on this device"
+            f"tiny@{ROWS['tiny'][2]} trains {ratio:.0f}x more images/s than "
+            f"gpu@{ROWS['gpu'][2]} ({ratio / pixels:.1f}x per pixel) on this device"
         )
     for r in rows:
         print(

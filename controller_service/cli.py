@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer_image.cli.train", "train with a static weighting strategy (baselines)"),
     "data": ("trainer_image.cli.data", "synthesize COCO-panoptic data and proxy splits"),
     "pq": ("trainer_image.cli.pq", "panoptic quality of predictions on files (pq_compute drop-in)"),
+    "fuse": ("trainer_image.cli.fuse", "two models and their two-level fusion, PQ side by side"),
+    "models": ("trainer_image.cli.models", "list the registered models, presets and loss names"),
     "pipeline": ("pipelines.cli", "compile or submit the Kubeflow pipelines"),
     "demo": ("pipelines.demo", "run the whole method locally and print a comparison table"),
 }
