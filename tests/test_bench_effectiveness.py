@@ -40,7 +40,7 @@ from bench.effectiveness.results import (
     write_result,
 )
 from bench.effectiveness.run import Paths, eta_seconds, next_cells, run_all
-from pipelines.local import ChildProcesses, sigterm_as_interrupt
+from pipelines.local import ChildProcesses, stop_signals_as_interrupt
 
 SMOKE = SCALES["smoke"]  # grid factors (0.1, 10): a 2 × 2 grid
 
@@ -309,7 +309,7 @@ def test_pbt_rounds_broadcast_the_best_member() -> None:
 
 def test_sigterm_becomes_keyboard_interrupt_inside_only() -> None:
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+    with pytest.raises(KeyboardInterrupt), stop_signals_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler interrupts this
     assert signal.getsignal(signal.SIGTERM) == before

@@ -42,7 +42,7 @@ from bench.effectiveness.plan import (  # noqa: E402
     plan,
 )
 from bench.effectiveness.results import done_results, table, write_result  # noqa: E402
-from pipelines.local import ChildProcesses, adaseg, sigterm_as_interrupt  # noqa: E402
+from pipelines.local import ChildProcesses, adaseg, stop_signals_as_interrupt  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 RUN_PY = Path(__file__).resolve()
@@ -223,7 +223,7 @@ def run_all(args: argparse.Namespace, scale: Scale, paths: Paths) -> int:
     if pending:
         paths.work.mkdir(parents=True, exist_ok=True)
         children = ChildProcesses()
-        with sigterm_as_interrupt():
+        with stop_signals_as_interrupt():
             try:
                 code = _schedule(args, scale, paths, cells, done, failed, children)
             except KeyboardInterrupt:
@@ -334,7 +334,7 @@ def run_one_cell(args: argparse.Namespace, scale: Scale, paths: Paths) -> int:
     cell = cells[args.cell]
     print(f"cell {cell.key}: {cell.kind} {dict(cell.params)} seed {cell.seed}", flush=True)
     children = ChildProcesses()
-    with sigterm_as_interrupt():
+    with stop_signals_as_interrupt():
         try:
             ctx = Context(
                 scale=scale,

@@ -5,7 +5,7 @@ state the run needs: everything it produces goes to the store (checkpoints)
 and the controller (losses, PQ), so killing it at any moment loses at most the
 interval in progress, which the controller re-issues when the lease expires.
 
-Round semantics (DESIGN.md): round 0 is the pseudo epoch: one
+Round semantics (docs/design.md, "The run lifecycle"): round 0 is the pseudo epoch: one
 member, all weights 1, from the common initial model ``init.pt``, which this
 worker creates (seeded by the run's seed) if it does not exist yet, or loads if
 it does (a re-issued round 0). Round t >= 1 loads its ``init_checkpoint_uri``

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class PanopticModel(Protocol):
-    """What the trainer relies on (DESIGN.md, Trainer contract)."""
+    """What the trainer relies on (README.md, "Add a model")."""
 
     model_name: str
     loss_names: tuple[str, ...]
