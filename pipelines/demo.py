@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from controller_service.contract.keys import transfer_key
+from controller_service.contract.keys import run_eval_key, transfer_key
 from pipelines.local import (
     Busy,
     ChildProcesses,
@@ -40,6 +40,7 @@ from pipelines.local import (
     exclusive,
     find_or_create_run,
     follow,
+    model_loss_names,
     start_controller,
     stop_signals_as_interrupt,
     train_argv,
@@ -47,7 +48,7 @@ from pipelines.local import (
     worker_argv,
 )
 
-LOSS_NAMES = ("semantic", "center", "offset")
+DEFAULT_MODEL = "panoptic_deeplab"
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,13 @@ class DemoConfig:
     batch_size: int = 16
     transfer_epochs: int = 6
     seed: int = 0
+    model: str = DEFAULT_MODEL  # any registered model (`adaseg models`), at its tiny preset
 
     def tag(self) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        sizes = asdict(self)
+        if self.model == DEFAULT_MODEL:  # the default keeps the tag it always had
+            del sizes["model"]
+        digest = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()
         return f"demo-{digest[:10]}"
 
 
@@ -84,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", help="use this controller URL instead of starting one")
     parser.add_argument("--store", help="store URI (default: file://OUT/store)")
     parser.add_argument("--workers", type=_positive, help="worker processes (default: cores)")
+    parser.add_argument("--model", default=None, help=f"default {DEFAULT_MODEL} (`adaseg models`)")
     for field, default in asdict(base).items():
+        if field == "model":
+            continue
         parser.add_argument(
             f"--{field.replace('_', '-')}",
             type=_positive if field not in {"data_seed", "seed"} else _non_negative,
@@ -228,8 +236,9 @@ class DemoSession:
     def explore(self, client: Any, url: str) -> Any:
         self._phase("2/5 exploration: pseudo epoch + rounds of the population")
         c = self.config
+        loss_names = model_loss_names(c.model, self.data_dir)
         run, created = find_or_create_run(
-            client, self.tag, LOSS_NAMES, population=c.population, rounds=c.rounds, seed=c.seed
+            client, self.tag, loss_names, population=c.population, rounds=c.rounds, seed=c.seed
         )
         if created:
             print(f"created run {run.id}: population {c.population}, {c.rounds} rounds")
@@ -272,7 +281,7 @@ class DemoSession:
             transfer_argv(
                 url, run_id, self.data_dir, self.store_uri, c.transfer_epochs, mode="ensemble",
                 transfer_id=f"{self.tag}-ensemble", device="cpu", batch_size=c.batch_size,
-                seed=c.seed,
+                seed=c.seed, model=c.model,
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
             env=env_with_threads(1),
@@ -290,6 +299,7 @@ class DemoSession:
             train_argv(
                 "equal", self.data_dir, self.store_uri, c.transfer_epochs,
                 out_id=f"{self.tag}-equal", device="cpu", batch_size=c.batch_size, seed=c.seed,
+                model=c.model,
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
             env=env_with_threads(1),
@@ -376,7 +386,7 @@ class DemoSession:
 
 def eval_key(run_id: str) -> str:
     """Where the demo stores the validation PQ of a run's best checkpoint."""
-    return f"runs/{run_id}/eval/val-metrics.json"
+    return run_eval_key(run_id, "val")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -94,6 +94,13 @@ class ChildProcesses:
         if code != 0:
             raise RuntimeError(f"{' '.join(map(str, argv[:4]))} ... failed with exit code {code}")
 
+    def reap(self) -> list[subprocess.Popen]:
+        """The processes that have exited since the last call, forgotten from now on."""
+        done = [proc for proc in self.procs if proc.poll() is not None]
+        for proc in done:
+            self.procs.remove(proc)
+        return done
+
     def stop_all(self, grace: float = 10.0) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -301,6 +308,17 @@ def train_argv(
         "train", "--strategy", strategy, "--data", str(data), "--store", store_uri,
         "--epochs", str(epochs), *_flags(flags),
     )  # fmt: skip
+
+
+def model_loss_names(
+    model: str, data: Path | str, config: Mapping[str, Any] | None = None
+) -> list[str]:
+    """A model's loss names on a dataset's categories, in its order: what a run for workers
+    training it must be created with."""
+    from trainer_image.jobs.session import fresh_model, open_split
+
+    categories = open_split(Path(data), "train").categories
+    return list(fresh_model(model, categories, dict(config or {}), 0).loss_names)
 
 
 # -- a run --------------------------------------------------------------------------------------

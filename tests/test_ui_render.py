@@ -21,7 +21,7 @@ from controller_service.api.app import create_app
 from controller_service.api.settings import Settings
 from controller_service.search.ensemble import transfer_weights
 from controller_service.search.policy import Policy, PolicyConfig
-from controller_service.ui import charts, pages
+from controller_service.ui import charts, pages, svg
 from controller_service.ui.auth import COOKIE_NAME, UiAuth, safe_next
 from controller_service.ui.plan import loss_history, transfer_plan
 
@@ -112,7 +112,7 @@ def info(rounds: int = 3, m: int = 4, status: str = "running", **extra: Any) -> 
     return record
 
 
-def svg(markup: str) -> ET.Element:
+def parse_svg(markup: str) -> ET.Element:
     return ET.fromstring(markup)
 
 
@@ -125,7 +125,7 @@ def marks(root: ET.Element, css_class: str) -> list[ET.Element]:
 
 def test_weights_chart_draws_every_candidate_of_every_round_on_a_log_scale():
     rounds = make_rounds(m=4, rounds=3, invalid={2: 2})
-    root = svg(charts.weights_chart("w0", "semantic", rounds, last_round=5))
+    root = parse_svg(charts.weights_chart("w0", "semantic", rounds, last_round=5))
     assert root.get("data-scale") == "log" and root.get("role") == "img"
     assert root.find(f"{SVG}title").text == "weight of semantic per round"
     cands = marks(root, "cand")
@@ -151,7 +151,7 @@ def test_weights_chart_draws_every_candidate_of_every_round_on_a_log_scale():
 
 def test_diverged_members_are_marked_in_the_pq_and_lineage_charts():
     rounds = make_rounds(m=3, rounds=2, diverged=frozenset({(2, 0), (2, 2)}))
-    pq = svg(charts.pq_chart("pq", rounds, last_round=2))
+    pq = parse_svg(charts.pq_chart("pq", rounds, last_round=2))
     assert len(marks(pq, "member")) == 1 + 3 + 1
     assert [(d.get("data-round"), d.get("data-member")) for d in marks(pq, "diverged")] == [
         ("2", "0"),
@@ -159,7 +159,7 @@ def test_diverged_members_are_marked_in_the_pq_and_lineage_charts():
     ]
     assert "loss is nan" in ET.tostring(pq, encoding="unicode")
     assert pq.get("data-scale") == "linear"
-    lineage = svg(charts.lineage_chart("lineage", rounds, 3, last_round=2))
+    lineage = parse_svg(charts.lineage_chart("lineage", rounds, 3, last_round=2))
     assert len(marks(lineage, "node")) == 5 and len(marks(lineage, "diverged")) == 2
 
 
@@ -167,7 +167,7 @@ def test_lineage_follows_the_checkpoints_across_a_round_in_which_every_member_di
     rounds = make_rounds(m=2, rounds=3, diverged=frozenset({(2, 0), (2, 1)}))
     rounds[3]["init_checkpoint_uri"] = uri(1, 1)  # round 2 had no best: round 3 restarts there
     assert charts.lineage(rounds) == {0: None, 1: None, 2: (1, 1), 3: (1, 1)}
-    root = svg(charts.lineage_chart("lineage", rounds, 2, last_round=4, open_round=4,
+    root = parse_svg(charts.lineage_chart("lineage", rounds, 2, last_round=4, open_round=4,
                                     open_parent=(3, 1)))  # fmt: skip
     edges = {e.get("data-round"): e.get("data-from") for e in marks(root, "edge")}
     assert edges == {"1": "init", "3": "1:1", "4": None}  # no edge into round 2
@@ -178,7 +178,7 @@ def test_lineage_follows_the_checkpoints_across_a_round_in_which_every_member_di
 def test_a_mean_at_or_below_zero_breaks_the_line_and_is_said():
     rounds = make_rounds(m=2, rounds=2)
     rounds[1]["mean_weights"]["center"] = -0.2
-    root = svg(charts.weights_chart("w1", "center", rounds, last_round=2))
+    root = parse_svg(charts.weights_chart("w1", "center", rounds, last_round=2))
     assert marks(root, "mean")[0].get("data-points") == "2"
     assert "rounds [1]" in root.find(f"{SVG}desc").text
 
@@ -187,19 +187,19 @@ def test_a_strategy_without_a_policy_draws_no_mean():
     rounds = make_rounds(m=2, rounds=2)
     for record in rounds:
         record["mean_weights"] = None
-    root = svg(charts.weights_chart("w0", "semantic", rounds, last_round=2))
+    root = parse_svg(charts.weights_chart("w0", "semantic", rounds, last_round=2))
     assert not marks(root, "mean") and len(marks(root, "cand")) == 5
 
 
 def test_axes_scale_as_documented():
-    axis = charts.Axis(0.01, 100.0, 0.0, 400.0, log=True)
+    axis = svg.Axis(0.01, 100.0, 0.0, 400.0, log=True)
     assert [axis(v) for v in (0.01, 0.1, 1.0, 10.0, 100.0)] == pytest.approx(
         [0, 100, 200, 300, 400]
     )
     assert axis.ticks() == [0.01, 0.1, 1.0, 10.0, 100.0]
-    assert charts.Axis(0.3, 3.0, 0, 1, log=True).ticks() == [0.5, 1.0, 2.0]
-    assert charts.Axis(-0.5, 12.5, 0, 1).ticks(most=8, integer=True) == [0, 2, 4, 6, 8, 10, 12]
-    assert not charts.Axis(0.1, 1, 0, 1, log=True).contains(0.0)
+    assert svg.Axis(0.3, 3.0, 0, 1, log=True).ticks() == [0.5, 1.0, 2.0]
+    assert svg.Axis(-0.5, 12.5, 0, 1).ticks(most=8, integer=True) == [0, 2, 4, 6, 8, 10, 12]
+    assert not svg.Axis(0.1, 1, 0, 1, log=True).contains(0.0)
 
 
 # -- pages --------------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def test_policy_page_draws_one_line_per_loss_and_one_row_per_epoch():
     document = policy_document(NAMES, 3)
     html = pages.policy_page(info(), document, rounds, transfer_plan(document, rounds))
     assert len(re.findall(r'<tr class="epoch"', html)) == 3
-    chart = svg(re.search(r"<svg.*?</svg>", html, re.S).group(0))
+    chart = parse_svg(re.search(r"<svg.*?</svg>", html, re.S).group(0))
     series = marks(chart, "series")
     assert len(series) == 6 and {s.get("data-points") for s in series} == {"3"}
     assert chart.get("data-scale") == "log"

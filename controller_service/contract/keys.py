@@ -12,6 +12,7 @@ runs/{run}/reports/r{t:03d}-m{j:02d}.json         a report's free-form metrics, 
 runs/{run}/policy/round-{t:03d}.json              policy snapshot pi^t
 runs/{run}/checkpoints/init.pt                    the common initial model
 runs/{run}/checkpoints/r{t:03d}-m{j:02d}.pt       member j's model after round t
+runs/{run}/eval/{split}-metrics.json             PQ of the run's best model on a split
 transfers/{job}/...                               transfer and baseline runs
 ```
 """
@@ -57,6 +58,11 @@ def init_checkpoint_key(run_id: str) -> str:
 
 def member_checkpoint_key(run_id: str, round_: int, member: int) -> str:
     return f"runs/{run_id}/checkpoints/r{round_:03d}-m{member:02d}.pt"
+
+
+def run_eval_key(run_id: str, split: str) -> str:
+    """PQ of a run's best checkpoint on ``split`` (the demo's Ada-Segment-A row)."""
+    return f"runs/{run_id}/eval/{split}-metrics.json"
 
 
 def transfer_prefix(transfer_id: str) -> str:

@@ -4,7 +4,7 @@ Plain HTML with one constant inline stylesheet (allowed by its hash in the
 Content-Security-Policy, :data:`CSP`) and no script at all: an open run's page
 reloads itself with ``<meta http-equiv="refresh">``. Every user-controlled
 string (run names, loss names, worker names, failure reasons) goes through
-:func:`~controller_service.ui.charts.esc`.
+:func:`~controller_service.ui.svg.esc`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from controller_service.ui import charts
-from controller_service.ui.charts import esc, fmt
+from controller_service.ui import charts, svg
 from controller_service.ui.model import OPEN_STATUS, OpenRound, RoundRecord, RunInfo, RunSummary
 from controller_service.ui.plan import TransferPlan
+from controller_service.ui.svg import esc, fmt
 
 REFRESH_SECONDS = 10
 PREFIX = "/ui"
@@ -385,7 +385,7 @@ def policy_page(
     names = plan.loss_names
     series = []
     for k, name in enumerate(names):
-        colour = charts.PALETTE[k % len(charts.PALETTE)]
+        colour = svg.PALETTE[k % len(svg.PALETTE)]
         points = [(e + 1, w[name]) for e, w in enumerate(plan.weights)]
         series.append((f"{name}: Eq. 7 weight", colour, points, False))
         means = [
@@ -406,17 +406,17 @@ def policy_page(
         "epoch of the transfer run (search: round)",
         "weight (log)",
     )
-    legend = charts.legend_html(
+    legend = svg.legend_html(
         [
-            charts.LegendEntry(
-                f'<path d="M2 6H24" stroke="{charts.PALETTE[k % len(charts.PALETTE)]}" '
+            svg.LegendEntry(
+                f'<path d="M2 6H24" stroke="{svg.PALETTE[k % len(svg.PALETTE)]}" '
                 'stroke-width="2"/>',
                 name,
             )
             for k, name in enumerate(names)
         ]
         + [
-            charts.LegendEntry(
+            svg.LegendEntry(
                 '<path d="M2 6H24" stroke="#666" stroke-width="2" stroke-dasharray="5 3"/>',
                 "dashed: the search's policy mean in the round of that number",
             )
