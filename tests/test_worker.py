@@ -274,7 +274,7 @@ def test_real_data_that_cannot_be_batched_fails_before_a_lease(
     assert "images differ in size" in text and "change --batch-size or --crop-size" in text
     assert "Traceback" not in text
     current = ControllerClient(controller.url).get_run(run.id, history=True).model_dump()["current"]
-    assert current["members"] == {"pending": 1, "leased": 0, "done": 0}
+    assert current["members"] == {"pending": 1, "leased": 0, "done": 0, "failed": 0}
 
 
 def test_unreachable_controller_is_an_error_after_retries(synth_dir: Path, tmp_path, capfd):
