@@ -292,6 +292,13 @@ def run_as_image_user(task: dsl.PipelineTask) -> dsl.PipelineTask:
     )
 
 
+def one_process_per_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A task whose pod runs one training process: one thread per CPU of its limit.
+    PyTorch would start one per core of the node, many times what the pod may use on
+    a large GPU node. (Under torchrun, the transfer task, torchrun sets 1 per process.)"""
+    return task.set_env_variable("OMP_NUM_THREADS", TRAINER_CPU_LIMIT)
+
+
 def light_task(task: dsl.PipelineTask, *, image: str, token_secret) -> dsl.PipelineTask:
     """A short CPU task that may talk to the controller (with its token, if any)."""
     task.set_container_image(image)

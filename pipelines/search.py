@@ -107,12 +107,12 @@ def add_search_tasks(
     )
     reporter = c.train_and_report(run_id=create.output, **training)
     reporter.set_display_name("member 0 + run outputs")
-    c.trainer_task(reporter, gpus=1, **pod)
+    c.one_process_per_pod(c.trainer_task(reporter, gpus=1, **pod))
 
     with dsl.ParallelFor(slots.output, name="members") as slot:
         member = c.train_member(run_id=slot.run_id, slot=slot.slot, **training)
         member.set_display_name("member")
-        c.trainer_task(member, gpus=1, **pod)
+        c.one_process_per_pod(c.trainer_task(member, gpus=1, **pod))
     return SearchTasks(create=create, reporter=reporter, member=member)
 
 

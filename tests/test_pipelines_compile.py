@@ -134,7 +134,7 @@ def test_search_defaults_match_the_cluster_layout() -> None:
     ]
     assert params["loss_names"]["defaultValue"] == ["semantic", "center", "offset"]
     # the names k8s/base uses for its Services and Secrets
-    kustomization = (ROOT / "k8s/base/kustomization.yaml").read_text()
+    kustomization = (ROOT / "k8s/base/secrets/kustomization.yaml").read_text()
     for secret in ("minio_secret", "token_secret"):
         assert f"- name: {params[secret]['defaultValue']}\n" in kustomization
     controller = _service("controller/service.yaml")
@@ -285,6 +285,20 @@ def test_worker_ids_come_from_the_run_id_and_the_slot_not_the_pod(name: str) -> 
         assert "gethostname" not in code and "HOSTNAME" not in code
     slot = tasks["train-member"]["inputs"]["parameters"]["slot"]
     assert slot["parameterExpressionSelector"] == 'parseJson(string_value)["slot"]'
+
+
+def test_one_thread_per_cpu_where_a_pod_runs_one_training_process() -> None:
+    """A member task's worker gets OMP_NUM_THREADS = its CPU limit; the transfer, which may
+    run several torchrun processes in one pod, leaves it to torchrun (1 per process)."""
+    spec, _ = load("combined")
+    executors = spec["deploymentSpec"]["executors"]
+    for name in (*TRAINER_EXECUTORS, "exec-transfer"):
+        container = executors[name]["container"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        if name == "exec-transfer":
+            assert "OMP_NUM_THREADS" not in env
+        else:
+            assert env["OMP_NUM_THREADS"] == str(int(container["resources"]["cpuLimit"]))
 
 
 def test_image_option_replaces_the_image_of_every_task(tmp_path: Path) -> None:
