@@ -51,7 +51,7 @@ import httpx
 import yaml
 
 from tests.containers import images
-from tests.containers.podman import REPO, podman, podman_out, run, step, wait_for
+from tests.containers.podman import REPO, GiveUp, podman, podman_out, run, step, wait_for
 
 NETWORK = "adaseg-e2e"
 OVERLAY = "overlays/local"
@@ -470,7 +470,10 @@ def _scenario(
     step("kill trainer 1 (SIGKILL) while both trainers hold a lease in round 1")
 
     def both_leased_in_round_one() -> bool:
-        current = client.get_run(run_id)["current"]
+        record = client.get_run(run_id)
+        if record["status"] != "running":  # say so now, not after RUN_TIMEOUT
+            raise GiveUp(f"run {record['status']} before both trainers held a lease")
+        current = record["current"]
         return bool(
             current and current["round"] >= 1 and current["members"]["leased"] == POPULATION
         )
@@ -485,7 +488,8 @@ def _scenario(
 
     step("wait for the run to finish (trainer 0 alone)")
     survivor = container_name(trainers[0])
-    exit_code = int(podman_out("wait", survivor))  # the worker exits when the run is finished
+    # the worker exits when the run is finished
+    exit_code = int(podman("wait", survivor, timeout=RUN_TIMEOUT).stdout.strip())
     record = client.get_run(run_id)
     print(f"{survivor} exited {exit_code} after {time.monotonic() - killed_at:.0f} s; "
           f"run {record['status']}, rounds {record['round']}/{record['rounds']}")  # fmt: skip

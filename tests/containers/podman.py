@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 # Cached between runs, git-ignored (build/): the base tarball, the config.
 CACHE = REPO / "build" / "containers"
 # Debian bookworm's packages; podman 4.3 from bookworm is what this was written against.
-APT_PACKAGES = ("podman", "buildah", "runc", "netavark", "aardvark-dns", "catatonit", "iptables")
-APT_TOOLS = {"podman": "podman", "buildah": "buildah", "runc": "runc", "iptables": "iptables"}
+APT_PACKAGES = ("podman", "buildah", "runc", "netavark", "aardvark-dns", "catatonit", "iptables",
+                "debootstrap")  # fmt: skip
+# Commands those packages install; any one missing means installing them.
+APT_TOOLS = ("podman", "buildah", "runc", "iptables", "debootstrap")
 
 
 def step(message: str) -> None:
@@ -53,21 +55,23 @@ def apt_install(packages: Sequence[str]) -> None:
     """Install Debian packages; waits for another apt to finish rather than failing."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=900"]
-    run(["apt-get", *lock, "update", "-qq"], env=env)
+    started = time.monotonic()
+    run(["apt-get", *lock, "update", "-qq"], env=env, capture=True)
     run(
         ["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *packages],
         env=env,
+        capture=True,  # dpkg's chatter; shown if it fails
     )
+    print(f"apt-get install {' '.join(packages)}: {time.monotonic() - started:.0f} s")
 
 
 def ensure_tools() -> None:
     """podman and friends (apt), as root: rootful podman is what works in this sandbox."""
     if os.geteuid() != 0:
         sys.exit("make test-containers runs rootful podman: run it as root")
-    if not shutil.which("debootstrap"):
-        apt_install(["debootstrap"])
-    missing = [pkg for pkg, tool in APT_TOOLS.items() if not shutil.which(tool)]
+    missing = [tool for tool in APT_TOOLS if not shutil.which(tool)]
     if missing or not Path("/usr/lib/podman/netavark").exists():
+        step("tools: podman and what it needs here, from Debian (apt)")
         apt_install(APT_PACKAGES)
 
 
@@ -101,13 +105,20 @@ def podman_out(*args: str) -> str:
     return podman(*args).stdout.strip()
 
 
+class GiveUp(Exception):
+    """Raised by a probe of :func:`wait_for` when waiting longer cannot help."""
+
+
 def wait_for(what: str, probe, timeout: float, interval: float = 0.5):
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds,
+    or at once if it raises :class:`GiveUp` (other errors count as "not yet")."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
             value = probe()
+        except GiveUp:
+            raise
         except Exception as error:  # noqa: BLE001 - kept for the message below
             last_error, value = error, None
         if value:
