@@ -335,6 +335,8 @@ def trainer_task(
     kubernetes.use_secret_as_env(task, token_secret, TOKEN_SECRET_KEYS, optional=True)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
+    # kfp-kubernetes 2.16 mounts a claim read-write, with no read-only switch: the
+    # read-only mount comes from the claim's volume (k8s/overlays/kubeflow).
     kubernetes.mount_pvc(task, pvc_name=data_pvc, mount_path=DATA_MOUNT_PATH)
     # DataLoader workers and NCCL exchange tensors through /dev/shm, which is
     # 64 MiB in a container unless a memory-backed volume replaces it.
