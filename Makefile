@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install kubectl chromium demo test lint images clean
+.PHONY: install kubectl chromium demo test lint images images-podman test-containers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ lint: $(STAMP)
 images:
 	docker build -f controller_service/Dockerfile -t adaseg-controller:0.1.0 .
 	docker build -f trainer_image/Dockerfile -t adaseg-trainer:0.1.0 .
+
+# Both images with rootful podman, offline, on a Debian bookworm base made here
+# (no registry needed); installs podman and debootstrap with apt. Run as root.
+PODMAN_ARGS = --torch $(TORCH) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
+images-podman: $(STAMP)
+	$(PY) -m tests.containers.images $(PODMAN_ARGS)
+
+# The images running the manifests' pods (tests/containers/README.md). Run as root.
+test-containers: $(STAMP) kubectl
+	$(PY) -m tests.containers.e2e $(PODMAN_ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -22,6 +22,11 @@ from kfp import dsl, kubernetes
 TRAINER_IMAGE = "adaseg-trainer:0.1.0"
 IMAGE_UID = 10001  # the non-root user both Dockerfiles create (USER 10001:10001)
 DEFAULT_LOSS_NAMES = ["semantic", "center", "offset"]
+# The trainers' model: "" is their default (panoptic_deeplab); the GPU-sized
+# settings, as the GPU overlay of k8s/ trains, because every training task asks
+# for a GPU ({} is the CPU-sized default).
+DEFAULT_MODEL = ""
+DEFAULT_MODEL_CONFIG = {"preset": "gpu"}
 
 # Cluster defaults of the pipeline parameters, matching k8s/base.
 DEFAULT_CONTROLLER_URL = "http://adaseg-controller.adaseg.svc.cluster.local:8080"
@@ -64,6 +69,9 @@ PARAMETER_HELP = {
     "iterations": "Iterations per round and member; 0 = one epoch of the proxy-train split.",
     "batch_size": "Batch size per GPU; 0 = the trainer's default.",
     "device": "cuda, cpu or auto.",
+    "model": "Registered model of the trainers; empty = their default (panoptic_deeplab).",
+    "model_config": "The model's settings (--model-config), e.g. {'preset': 'gpu'}; {} = its "
+    "defaults (CPU-sized).",
     "policy_run": "Id of the finished search run whose policy gives the weights.",
     "epochs": "Epochs of the transfer run.",
     "mode": "Weights from the policy: ensemble (Eq. 7), final, static-pred or static-final.",
@@ -77,6 +85,8 @@ PARAMETER_HELP = {
     "transfer_gpus": "GPUs of the transfer pod.",
     "transfer_batch_size": "Batch size per GPU of the transfer run; 0 = default.",
     "transfer_iterations_per_epoch": "Iterations per transfer epoch; 0 = whole split.",
+    "transfer_model": "Registered model of the transfer run; empty = the trainers' default.",
+    "transfer_model_config": "The transfer model's settings; {} = its defaults (CPU-sized).",
     "gpu_node_selector": "nodeSelector of the GPU pods, e.g. {} or {'gpu-type': 'a100'}.",
     "gpu_tolerations": "Tolerations of the GPU pods (list of Kubernetes tolerations).",
     "minio_secret": "Secret with ADASEG_S3_ACCESS_KEY and ADASEG_S3_SECRET_KEY, in the "
@@ -140,11 +150,14 @@ def train_member(
     controller_url: str,
     run_id: str,
     slot: str,
+    job_id: str,
     data_dir: str,
     store_uri: str,
     device: str,
     iterations: int,
     batch_size: int,
+    model: str,
+    model_config: dict,
     s3_endpoint: str,
     s3_secure: bool,
 ):
@@ -157,10 +170,12 @@ def train_member(
             run_id=run_id,
             data_dir=data_dir,
             store_uri=store_uri,
-            worker=steps.worker_id(slot),
+            worker=steps.worker_id(job_id, slot),
             device=device,
             iterations=iterations,
             batch_size=batch_size,
+            model=model,
+            model_config=model_config,
         ),
         env=steps.s3_environment(s3_endpoint, s3_secure),
     )
@@ -170,11 +185,14 @@ def train_member(
 def train_and_report(
     controller_url: str,
     run_id: str,
+    job_id: str,
     data_dir: str,
     store_uri: str,
     device: str,
     iterations: int,
     batch_size: int,
+    model: str,
+    model_config: dict,
     s3_endpoint: str,
     s3_secure: bool,
     metrics: dsl.Output[dsl.Metrics],
@@ -193,10 +211,12 @@ def train_and_report(
             run_id=run_id,
             data_dir=data_dir,
             store_uri=store_uri,
-            worker=steps.worker_id("m00"),
+            worker=steps.worker_id(job_id, "m00"),
             device=device,
             iterations=iterations,
             batch_size=batch_size,
+            model=model,
+            model_config=model_config,
         ),
         env=steps.s3_environment(s3_endpoint, s3_secure),
     )
@@ -225,6 +245,8 @@ def transfer(
     batch_size: int,
     iterations_per_epoch: int,
     seed: int,
+    model: str,
+    model_config: dict,
     s3_endpoint: str,
     s3_secure: bool,
     metrics: dsl.Output[dsl.Metrics],
@@ -249,6 +271,8 @@ def transfer(
             batch_size=batch_size,
             iterations_per_epoch=iterations_per_epoch,
             seed=seed,
+            model=model,
+            model_config=model_config,
         ),
         env=steps.s3_environment(s3_endpoint, s3_secure),
     )
@@ -266,6 +290,13 @@ def run_as_image_user(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return kubernetes.set_security_context(
         task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True
     )
+
+
+def one_process_per_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A task whose pod runs one training process: one thread per CPU of its limit.
+    PyTorch would start one per core of the node, many times what the pod may use on
+    a large GPU node. (Under torchrun, the transfer task, torchrun sets 1 per process.)"""
+    return task.set_env_variable("OMP_NUM_THREADS", TRAINER_CPU_LIMIT)
 
 
 def light_task(task: dsl.PipelineTask, *, image: str, token_secret) -> dsl.PipelineTask:
@@ -304,6 +335,8 @@ def trainer_task(
     kubernetes.use_secret_as_env(task, token_secret, TOKEN_SECRET_KEYS, optional=True)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
+    # kfp-kubernetes 2.16 mounts a claim read-write, with no read-only switch: the
+    # read-only mount comes from the claim's volume (k8s/overlays/kubeflow).
     kubernetes.mount_pvc(task, pvc_name=data_pvc, mount_path=DATA_MOUNT_PATH)
     # DataLoader workers and NCCL exchange tensors through /dev/shm, which is
     # 64 MiB in a container unless a memory-backed volume replaces it.

@@ -59,6 +59,8 @@ def add_search_tasks(
     iterations,
     batch_size,
     device,
+    model,
+    model_config,
     gpu_node_selector,
     gpu_tolerations,
     minio_secret,
@@ -88,24 +90,29 @@ def add_search_tasks(
         minio_secret=minio_secret,
         token_secret=token_secret,
     )
+    # Worker ids come from the pipeline run's id and the member's slot, so a retried
+    # task reclaims its own lease (steps.worker_id).
     training = dict(
         controller_url=controller_url,
+        job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         data_dir=data_dir,
         store_uri=store_uri,
         device=device,
         iterations=iterations,
         batch_size=batch_size,
+        model=model,
+        model_config=model_config,
         s3_endpoint=s3_endpoint,
         s3_secure=s3_secure,
     )
     reporter = c.train_and_report(run_id=create.output, **training)
     reporter.set_display_name("member 0 + run outputs")
-    c.trainer_task(reporter, gpus=1, **pod)
+    c.one_process_per_pod(c.trainer_task(reporter, gpus=1, **pod))
 
     with dsl.ParallelFor(slots.output, name="members") as slot:
         member = c.train_member(run_id=slot.run_id, slot=slot.slot, **training)
         member.set_display_name("member")
-        c.trainer_task(member, gpus=1, **pod)
+        c.one_process_per_pod(c.trainer_task(member, gpus=1, **pod))
     return SearchTasks(create=create, reporter=reporter, member=member)
 
 
@@ -136,6 +143,8 @@ def build_search_pipeline(image: str = c.TRAINER_IMAGE):
         iterations: int = 0,
         batch_size: int = 0,
         device: str = "cuda",
+        model: str = c.DEFAULT_MODEL,
+        model_config: dict = c.DEFAULT_MODEL_CONFIG,
         gpu_node_selector: dict = c.DEFAULT_GPU_NODE_SELECTOR,
         gpu_tolerations: list = c.DEFAULT_GPU_TOLERATIONS,
         minio_secret: str = c.DEFAULT_MINIO_SECRET,
@@ -157,6 +166,8 @@ def build_search_pipeline(image: str = c.TRAINER_IMAGE):
             iterations=iterations,
             batch_size=batch_size,
             device=device,
+            model=model,
+            model_config=model_config,
             gpu_node_selector=gpu_node_selector,
             gpu_tolerations=gpu_tolerations,
             minio_secret=minio_secret,

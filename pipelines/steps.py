@@ -14,9 +14,9 @@ it is a failed task that KFP retries rather than a dead executor.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -81,15 +81,52 @@ def member_slots(run_id: str, population: int) -> list[dict[str, str]]:
     return [{"run_id": run_id, "slot": f"m{j:02d}"} for j in range(1, population)]
 
 
-def worker_id(slot: str) -> str:
-    """A worker id unique per pod: the slot plus the host name, which differs
-    between retries of the same task, so the controller's logs tell them apart."""
-    return f"kfp-{slot}-{socket.gethostname()}"
+def worker_id(job_id: str, slot: str) -> str:
+    """The worker name of one member task: the pipeline run's id and the task's slot.
+
+    The same for every retry of the task (KFP retries a failed task within the
+    same run, with the same inputs), so a retried task leases under its previous
+    name and the controller hands it back the member that attempt held, instead
+    of leaving it idle until the lease expires (``lease_seconds``, 600 s by
+    default). Unique within the run, because each slot is (``m00`` is the
+    reporter task, ``m01``... the loop's items). Never derived from the pod, whose
+    name changes with every attempt.
+    """
+    if not job_id or not slot:
+        raise ValueError(f"a worker id needs the run id and a slot, got {job_id!r}, {slot!r}")
+    return f"kfp-{job_id}-{slot}"
 
 
-def _optional(flag: str, value: int | float) -> list[str]:
-    """A CLI option only when it is set (a pipeline parameter of 0 means "the CLI's default")."""
+def _optional(flag: str, value: int | float | str) -> list[str]:
+    """A CLI option only when it is set (a pipeline parameter of 0 or "" means "the CLI's
+    default")."""
     return [flag, str(value)] if value else []
+
+
+def _whole_numbers_as_ints(value: Any) -> Any:
+    """KFP hands a ``dict`` parameter over as a protobuf Struct, whose numbers are all
+    doubles: ``{"head_channels": 16}`` arrives as ``16.0``, which a layer size cannot be.
+    Whole numbers become ints again (a float setting written 8.0 then reads 8, which
+    Python computes with alike)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {key: _whole_numbers_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_ints(item) for item in value]
+    return value
+
+
+def _model_options(model: str, model_config: Mapping[str, Any] | None) -> list[str]:
+    """``--model`` and ``--model-config`` (as JSON), each only when set; ``{}`` or ``""``
+    leave the trainer's default model and its default (CPU-sized) settings."""
+    if model_config is not None and not isinstance(model_config, Mapping):
+        raise ValueError(f"model_config must be a JSON object, got {model_config!r}")
+    options = _optional("--model", model)
+    if model_config:
+        config = _whole_numbers_as_ints(dict(model_config))
+        options += ["--model-config", json.dumps(config, sort_keys=True)]
+    return options
 
 
 def worker_command(
@@ -102,6 +139,8 @@ def worker_command(
     device: str = "auto",
     iterations: int = 0,
     batch_size: int = 0,
+    model: str = "",
+    model_config: Mapping[str, Any] | None = None,
     python: str = sys.executable,
 ) -> list[str]:
     """``adaseg worker`` for one population member, run until the run is finished."""
@@ -110,6 +149,7 @@ def worker_command(
         "--controller", controller_url, "--run", run_id, "--data", data_dir,
         "--store", store_uri, "--device", device, "--worker-id", worker,
         *_optional("--iterations", iterations), *_optional("--batch-size", batch_size),
+        *_model_options(model, model_config),
     ]  # fmt: skip
 
 
@@ -127,6 +167,8 @@ def transfer_command(
     batch_size: int = 0,
     iterations_per_epoch: int = 0,
     seed: int = 0,
+    model: str = "",
+    model_config: Mapping[str, Any] | None = None,
     python: str = sys.executable,
 ) -> list[str]:
     """``adaseg transfer``; under ``torchrun`` with one process per GPU when ``gpus > 1``.
@@ -147,6 +189,7 @@ def transfer_command(
         "--transfer-id", transfer_id, "--device", device, "--seed", str(seed),
         *_optional("--batch-size", batch_size),
         *_optional("--iterations-per-epoch", iterations_per_epoch),
+        *_model_options(model, model_config),
     ]  # fmt: skip
 
 

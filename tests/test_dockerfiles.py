@@ -14,6 +14,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -485,3 +486,71 @@ def test_trainer_image_lets_kfp_stage_artifacts_as_its_user() -> None:
         assert any(
             re.search(rf"chown {IMAGE_UID}:{IMAGE_UID}\b.*\s{directory}\b", run) for run in staging
         ), directory
+
+
+# --- offline builds (wheelhouse/) and the podman build ------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_builder_stage_can_install_offline_from_the_wheelhouse(dockerfile: str) -> None:
+    """`--build-arg PIP_NO_INDEX=1` makes pip use only wheelhouse/; the default stays online,
+    and nothing of the wheelhouse reaches the runtime image."""
+    instructions = _instructions(dockerfile)
+    builder = [i for i in instructions if i.stage == 0]
+    args = {
+        name.strip(): default.strip()
+        for i in builder
+        if i.keyword == "ARG"
+        for name, _, default in [i.value.partition("=")]
+    }
+    assert args.get("PIP_NO_INDEX") == "0", f"{dockerfile}: ARG PIP_NO_INDEX=0 (online by default)"
+    env = {k: v for i in builder if i.keyword == "ENV" for k, v in env_values(i.value).items()}
+    assert env.get("PIP_FIND_LINKS") == "/wheelhouse"
+    copies = [copy_sources(i.value) for i in builder if i.keyword == "COPY"]
+    assert ({}, ["wheelhouse/"]) in copies, f"{dockerfile}: COPY wheelhouse/ /wheelhouse/"
+    first_pip = next(n for n, i in enumerate(builder) if i.keyword == "RUN" and "pip " in i.value)
+    wheelhouse_copy = next(
+        n for n, i in enumerate(builder) if i.keyword == "COPY" and "wheelhouse" in i.value
+    )
+    assert wheelhouse_copy < first_pip, "the wheelhouse must be there before pip runs"
+    runtime = final_stage(instructions)
+    assert not any("wheelhouse" in i.value for i in runtime), "wheelhouse in the runtime image"
+
+
+def test_wheelhouse_is_in_the_build_context_and_out_of_git() -> None:
+    rules = _ignore_rules()
+    assert not is_ignored("wheelhouse/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", rules)
+    assert (REPO / "wheelhouse/README.md").is_file()  # COPY needs the folder to exist
+    if (REPO / ".git").exists() and shutil.which("git"):
+        ignored = subprocess.run(
+            ["git", "check-ignore", "-q", "wheelhouse/torch-2.13.0-cp311-none-any.whl"],
+            cwd=REPO,
+            timeout=30,
+        )
+        assert ignored.returncode == 0, "wheels in wheelhouse/ must be git-ignored"
+        kept = subprocess.run(
+            ["git", "check-ignore", "-q", "wheelhouse/README.md"], cwd=REPO, timeout=30
+        )
+        assert kept.returncode == 1, "wheelhouse/README.md must stay in git"
+
+
+def test_podman_build_makes_the_images_the_manifests_run() -> None:
+    """`make images-podman` / `make test-containers` build the tags `make images` builds,
+    from the same Dockerfiles, offline, with the Makefile's torch pin."""
+    from tests.containers import images
+
+    makefile = (REPO / "Makefile").read_text()
+    docker = dict(re.findall(r"docker build -f (\S+) -t (\S+) \.", makefile))
+    assert docker == {
+        "controller_service/Dockerfile": images.CONTROLLER_IMAGE,
+        "trainer_image/Dockerfile": images.TRAINER_IMAGE,
+    }
+    source = (REPO / "tests/containers/images.py").read_text()
+    for dockerfile in DOCKERFILES:
+        assert f'build("{dockerfile}"' in source.replace("\n", " "), dockerfile
+    assert source.count('PIP_NO_INDEX="1"') == 2
+    assert '"--network", "none"' in source
+    for target in ("images-podman", "test-containers"):
+        recipe = re.search(rf"^{target}:.*\n\t(.+)$", makefile, re.M)
+        assert recipe, f"Makefile: no {target} target"
+    assert re.search(r"^PODMAN_ARGS = --torch \$\(TORCH\)", makefile, re.M)

@@ -36,6 +36,10 @@ NAMESPACE = "adaseg"
 PLATFORMS = ("base", "overlays/local/platform", "overlays/gpu/platform")
 WITH_TRAINER = ("overlays/local", "overlays/gpu")
 KUSTOMIZATIONS = (*PLATFORMS, "base/trainer", *WITH_TRAINER)
+# The pipeline namespace's Secrets and data claim (pipelines/README.md).
+PIPELINE_NAMESPACE = "overlays/kubeflow"
+# overlays/gpu with components/external-s3 added to its platform, as k8s/README.md says.
+EXTERNAL_S3 = ("overlays/gpu-external-s3/platform", "overlays/gpu-external-s3")
 # Plain manifests a user applies by hand (k8s/README.md).
 STANDALONE = ("overlays/local/data-loader.yaml",)
 # Objects the manifests use but the user creates (k8s/README.md); value stands in for tests.
@@ -57,9 +61,9 @@ KFP_NAMESPACES = (
 
 
 def example_secret_values() -> set[str]:
-    """Every value in the committed *.env.example files."""
+    """Every value in the committed *.env.example files of the Secrets."""
     values = set()
-    for example in K8S.rglob("*.env.example"):
+    for example in (K8S / "base/secrets").glob("*.env.example"):
         for line in example.read_text().splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 values.add(line.split("=", 1)[1])
@@ -75,6 +79,10 @@ def k8s_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert examples, "no *.env.example under k8s/"
     for example in examples:
         shutil.copyfile(example, example.with_suffix(""))
+    # the documented edit for an S3 store of your own, on a copy of the GPU overlay
+    shutil.copytree(tree / "overlays/gpu", tree / "overlays/gpu-external-s3")
+    with open(tree / "overlays/gpu-external-s3/platform/kustomization.yaml", "a") as file:
+        file.write("\ncomponents:\n  - ../../../components/external-s3\n")
     return tree
 
 
@@ -89,7 +97,7 @@ def kubectl() -> str:
 def rendered(k8s_tree: Path) -> dict[str, list[dict[str, Any]]]:
     """Objects of every kustomization, as `kubectl apply -k` would send them."""
     renders = {}
-    for kustomization in KUSTOMIZATIONS:
+    for kustomization in (*KUSTOMIZATIONS, PIPELINE_NAMESPACE, *EXTERNAL_S3):
         done = subprocess.run(
             [kubectl(), "kustomize", str(k8s_tree / kustomization)],
             capture_output=True,
@@ -645,9 +653,12 @@ def test_every_reference_resolves(
 ) -> None:
     """ConfigMaps, Secrets (and their keys), volumes and service accounts a pod names exist
     (base/trainer alone names the generated ConfigMap without its hash: see the overlays)."""
-    objects = rendered[kustomization]
+    check_references(rendered[kustomization])
+
+
+def check_references(objects: list[dict[str, Any]]) -> None:
     names = {(o["kind"], o["metadata"]["name"]) for o in objects} | set(USER_PROVIDED)
-    for workload in workloads(rendered[kustomization]):
+    for workload in workloads(objects):
         spec = pod_template(workload)["spec"]
         assert ("ServiceAccount", spec["serviceAccountName"]) in names
         for volume in spec.get("volumes", []):
@@ -799,3 +810,109 @@ def test_minio_setup_fails_on_any_other_mc_error(
     done, _, _ = _run_setup(rendered, fake_mc, REAL_LOOKING, "mc: <ERROR> Access Denied.")
     assert done.returncode == 1
     assert "Access Denied" in done.stderr
+
+
+# --- the pipeline namespace ---------------------------------------------------------------------
+
+
+def test_pipeline_namespace_gets_the_client_secrets_and_a_read_only_data_claim(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """overlays/kubeflow gives the KFP namespace exactly what the pipelines name, and no more."""
+    from pipelines import components
+
+    objects = rendered[PIPELINE_NAMESPACE]
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects} == {
+        ("Secret", components.DEFAULT_MINIO_SECRET),
+        ("Secret", components.DEFAULT_TOKEN_SECRET),
+        ("PersistentVolumeClaim", components.DEFAULT_DATA_PVC),
+        ("PersistentVolume", "adaseg-data-kubeflow"),
+    }
+    for obj in objects:
+        if obj["kind"] != "PersistentVolume":  # cluster-scoped
+            assert obj["metadata"]["namespace"] == "kubeflow", obj["metadata"]
+    # the same Secrets, from the same files, as the platform's (MinIO's root account stays there)
+    platform = {o["metadata"]["name"]: o for o in rendered["base"] if o["kind"] == "Secret"}
+    for name, keys in (
+        (components.DEFAULT_MINIO_SECRET, components.S3_SECRET_KEYS),
+        (components.DEFAULT_TOKEN_SECRET, components.TOKEN_SECRET_KEYS),
+    ):
+        secret = find(objects, "Secret", name)
+        assert secret["data"] == platform[name]["data"]
+        assert set(keys) == set(secret["data"]), name
+    # read-only: KFP mounts the claim read-write, so the volume's source must be read-only
+    claim = find(objects, "PersistentVolumeClaim", components.DEFAULT_DATA_PVC)["spec"]
+    volume = find(objects, "PersistentVolume", claim["volumeName"])["spec"]
+    assert claim["accessModes"] == volume["accessModes"] == ["ReadOnlyMany"]
+    assert claim["storageClassName"] == volume["storageClassName"] == ""  # static binding
+    sources = [key for key in volume if key in {"nfs", "csi", "cephfs", "iscsi", "rbd"}]
+    assert sources and all(volume[key]["readOnly"] is True for key in sources), sources
+    assert quantity(volume["capacity"]["storage"]) >= quantity(
+        claim["resources"]["requests"]["storage"]
+    )
+
+
+# --- an S3 store of your own -------------------------------------------------------------------
+
+
+def _store_example() -> dict[str, str]:
+    example = K8S / "components/external-s3/store.env.example"
+    lines = [line for line in example.read_text().splitlines() if "=" in line]
+    return dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+
+
+@pytest.mark.parametrize("kustomization", EXTERNAL_S3)
+def test_external_s3_component_replaces_minio_by_the_users_store(
+    rendered: dict[str, list[dict[str, Any]]], kustomization: str
+) -> None:
+    objects = rendered[kustomization]
+    leftovers = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in objects
+        if "minio" in o["metadata"]["name"] and o["metadata"]["name"] != "adaseg-minio"
+    ]
+    assert not leftovers, f"MinIO objects left: {leftovers}"
+    check_references(objects)  # nothing points at what was dropped
+    store = _store_example()
+    assert set(store) == {
+        "ADASEG_STORE",
+        "ADASEG_S3_ENDPOINT",
+        "ADASEG_S3_SECURE",
+        "ADASEG_S3_REGION",
+    }
+    for workload, container in our_containers(objects):
+        env = container_env(container, objects)
+        for key, value in store.items():
+            assert env[key] == value, f"{workload['metadata']['name']}: {key}"
+        assert {"ADASEG_S3_ACCESS_KEY", "ADASEG_S3_SECRET_KEY"} <= set(env)
+    # the rest of the platform is untouched
+    with_minio = {(o["kind"], o["metadata"]["name"]) for o in rendered["overlays/gpu"]}
+    kept = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert {("Deployment", "adaseg-controller"), ("NetworkPolicy", "adaseg-controller")} <= kept
+    if kustomization == "overlays/gpu-external-s3":
+        dropped = {n for n in with_minio - kept if not n[1].startswith("adaseg-config")}
+        assert dropped == {
+            ("StatefulSet", "minio"),
+            ("Service", "minio"),
+            ("Service", "minio-headless"),
+            ("Job", "minio-setup"),
+            ("Secret", "adaseg-minio-root"),
+            ("ServiceAccount", "minio"),
+            ("NetworkPolicy", "minio"),
+        } | {n for n in with_minio if n[0] == "ConfigMap" and n[1].startswith("minio-setup")}
+
+
+# --- threads -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kustomization", WITH_TRAINER)
+def test_trainers_use_one_thread_per_cpu_of_their_limit(
+    rendered: dict[str, list[dict[str, Any]]], kustomization: str
+) -> None:
+    _, container = _trainer(rendered[kustomization])
+    [variable] = [v for v in container["env"] if v["name"] == "OMP_NUM_THREADS"]
+    assert variable["valueFrom"]["resourceFieldRef"] == {
+        "containerName": container["name"],
+        "resource": "limits.cpu",
+    }
+    assert "cpu" in container["resources"]["limits"]

@@ -134,7 +134,7 @@ def test_search_defaults_match_the_cluster_layout() -> None:
     ]
     assert params["loss_names"]["defaultValue"] == ["semantic", "center", "offset"]
     # the names k8s/base uses for its Services and Secrets
-    kustomization = (ROOT / "k8s/base/kustomization.yaml").read_text()
+    kustomization = (ROOT / "k8s/base/secrets/kustomization.yaml").read_text()
     for secret in ("minio_secret", "token_secret"):
         assert f"- name: {params[secret]['defaultValue']}\n" in kustomization
     controller = _service("controller/service.yaml")
@@ -222,6 +222,83 @@ def test_combined_transfer_waits_for_the_whole_population() -> None:
     assert loop_name in transfer["dependentTasks"]
     policy_run = transfer["inputs"]["parameters"]["policy_run"]["taskOutputParameter"]
     assert policy_run == {"outputParameterKey": "run_id", "producerTask": "train-and-report"}
+
+
+# Training tasks of each pipeline, and the pipeline parameters their model comes from.
+TRAINING_TASKS = {
+    "search": {"train-member": "", "train-and-report": ""},
+    "transfer": {"transfer": ""},
+    "combined": {"train-member": "", "train-and-report": "", "transfer": "transfer_"},
+}
+
+
+def _root_parameter(spec: dict[str, Any], task: dict[str, Any], name: str) -> str:
+    """The pipeline parameter a task input comes from (through a loop's channel, if any)."""
+    source = task["inputs"]["parameters"][name]["componentInputParameter"]
+    return source.removeprefix("pipelinechannel--")
+
+
+def _gpu_overlay_model_config() -> dict[str, Any]:
+    """The --model-config the GPU overlay of k8s/ gives its trainers."""
+    kustomization = yaml.safe_load((ROOT / "k8s/overlays/gpu/kustomization.yaml").read_text())
+    values = [
+        op["value"]
+        for patch in kustomization["patches"]
+        if "patch" in patch
+        for op in yaml.safe_load(patch["patch"])
+        if op.get("path", "").endswith("/args/-")
+    ]
+    return json.loads(values[values.index("--model-config") + 1])
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_training_task_trains_the_model_of_the_pipeline_parameters(name: str) -> None:
+    spec, _ = load(name)
+    tasks = all_tasks(spec)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for task_name, prefix in TRAINING_TASKS[name].items():
+        task = tasks[task_name]
+        assert _root_parameter(spec, task, "model") == f"{prefix}model", task_name
+        assert _root_parameter(spec, task, "model_config") == f"{prefix}model_config", task_name
+        assert params[f"{prefix}model"]["parameterType"] == "STRING"
+        # GPU tasks train the GPU-sized model by default, as the GPU overlay's Job does
+        assert params[f"{prefix}model_config"]["defaultValue"] == _gpu_overlay_model_config()
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        code = "\n".join(spec["deploymentSpec"]["executors"][executor]["container"]["command"])
+        assert "model=model" in code and "model_config=model_config" in code, executor
+    assert not set(TRAINING_TASKS[name]) ^ {
+        t for t, task in tasks.items() if "model" in task.get("inputs", {}).get("parameters", {})
+    }, "a training task without the model parameters, or an unknown one"
+
+
+@pytest.mark.parametrize("name", ["search", "combined"])
+def test_worker_ids_come_from_the_run_id_and_the_slot_not_the_pod(name: str) -> None:
+    """A retried task (same run, same inputs) must lease under its previous name."""
+    spec, _ = load(name)
+    tasks = all_tasks(spec)
+    for task_name in ("train-member", "train-and-report"):
+        inputs = tasks[task_name]["inputs"]["parameters"]
+        assert inputs["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        executor = spec["components"][tasks[task_name]["componentRef"]["name"]]["executorLabel"]
+        code = "\n".join(spec["deploymentSpec"]["executors"][executor]["container"]["command"])
+        assert "steps.worker_id(job_id, " in code, executor
+        assert "gethostname" not in code and "HOSTNAME" not in code
+    slot = tasks["train-member"]["inputs"]["parameters"]["slot"]
+    assert slot["parameterExpressionSelector"] == 'parseJson(string_value)["slot"]'
+
+
+def test_one_thread_per_cpu_where_a_pod_runs_one_training_process() -> None:
+    """A member task's worker gets OMP_NUM_THREADS = its CPU limit; the transfer, which may
+    run several torchrun processes in one pod, leaves it to torchrun (1 per process)."""
+    spec, _ = load("combined")
+    executors = spec["deploymentSpec"]["executors"]
+    for name in (*TRAINER_EXECUTORS, "exec-transfer"):
+        container = executors[name]["container"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        if name == "exec-transfer":
+            assert "OMP_NUM_THREADS" not in env
+        else:
+            assert env["OMP_NUM_THREADS"] == str(int(container["resources"]["cpuLimit"]))
 
 
 def test_image_option_replaces_the_image_of_every_task(tmp_path: Path) -> None:

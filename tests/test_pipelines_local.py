@@ -10,6 +10,7 @@ torchrun processes speaking gloo: the command a 2-GPU pod would run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from controller_service.contract.store import open_store
 from pipelines.search import search_pipeline
 from pipelines.transfer import transfer_pipeline
 from tests.fixtures.controller import ControllerProcess, start_controller
+from trainer_image.engine.checkpoint import load_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,6 +36,9 @@ pytestmark = [
 POPULATION = 2
 ROUNDS = 1
 TINY = {"iterations": 2, "batch_size": 4, "device": "cpu"}
+# Not the pipelines' default (the GPU preset): a setting that only --model-config can bring,
+# so the checkpoints show that the parameter reached the trainers.
+MODEL = {"model": "panoptic_deeplab", "model_config": {"preset": "tiny", "head_channels": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +76,7 @@ def search(
         population=POPULATION,
         rounds=ROUNDS,
         **TINY,
+        **MODEL,
     )
 
 
@@ -86,6 +92,13 @@ def test_search_pipeline_finishes_the_run_and_reports_its_best_member(
     assert search["best_checkpoint_uri"] == best["checkpoint_uri"]
     store = open_store(controller.store_uri)
     assert store.exists(store.key_of(best["checkpoint_uri"]))
+    checkpoint = load_checkpoint(store, best["checkpoint_uri"])
+    assert checkpoint.model_name == MODEL["model"]
+    assert checkpoint.model_config["head_channels"] == 16  # the pipeline's model_config
+    # worker ids: the pipeline run's id and the member's slot, the same for every task retry
+    workers = {c["worker"] for item in run["history"] for c in item["candidates"]}
+    assert workers and all(re.fullmatch(r"kfp-.+-m0[01]", w) for w in workers), workers
+    assert len({w.rsplit("-", 1)[0] for w in workers}) == 1, workers
 
     metrics = search["metrics"].metadata
     assert metrics["best_pq"] == pytest.approx(best["pq"])
@@ -130,12 +143,15 @@ def test_transfer_pipeline_trains_with_the_searched_policy_on_two_processes(
         iterations_per_epoch=2,
         batch_size=4,
         device="cpu",
+        **MODEL,
     )
     transfer_id = outputs["transfer_id"]
     assert transfer_id.startswith(f"{search['run_id']}-ensemble-kfp")
     store = open_store(controller.store_uri)
     assert outputs["checkpoint_uri"] == store.uri_of(transfer_key(transfer_id, "final.pt"))
     assert store.exists(transfer_key(transfer_id, "final.pt"))
+    final = load_checkpoint(store, transfer_key(transfer_id, "final.pt"))
+    assert final.model_config["head_channels"] == 16  # the pipeline's model_config
     stored = store.get_json(transfer_key(transfer_id, "metrics.json"))
     assert stored["world_size"] == 2
     assert len(stored["weights"]) == 2  # one weight vector per epoch
