@@ -8,6 +8,7 @@ controller is the real service (tests/fixtures/controller.py), the S3 store moto
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -281,13 +282,14 @@ def test_unreachable_controller_is_an_error_after_retries(synth_dir: Path, tmp_p
     from tests.fixtures.net import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    code, text = run_cli(
-        ["worker", "--controller", url, "--run", "r", "--data", str(synth_dir)]
-        + ["--store", tmp_path.as_uri(), "--device", "cpu"],
-        capfd,
-    )
+    argv = ["worker", "--controller", url, "--run", "r", "--data", str(synth_dir)]
+    argv += ["--store", tmp_path.as_uri(), "--device", "cpu"]
+    code, text = run_cli([*argv, "--store-retry-seconds", "0"], capfd)
     assert code == 1
-    assert url in text and "failed after 6 attempts" in text
+    assert url in text and "failed after 6 attempts" in text  # the client's quick retries
+    # with a retry window (the outage a worker rides out), it keeps trying that long
+    code, text = run_cli([*argv, "--store-retry-seconds", "2"], capfd)
+    assert code == 1 and re.search(r"failed after ([3-9]|\d\d) attempts", text), text
 
 
 def test_a_member_whose_loss_goes_non_finite_is_reported_as_diverged(

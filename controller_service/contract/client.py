@@ -69,6 +69,7 @@ class ServerUnavailable(ControllerError):
 # The first run creation after a start may wait for the service's one-time import of
 # the maths (torch); it is not retried after a timeout, so it gets a longer one.
 CREATE_TIMEOUT = 60.0
+MAX_BACKOFF = 5.0  # seconds between two attempts, at most
 
 _ERRORS: dict[int, type[ClientError]] = {401: Unauthorized, 404: NotFound, 409: Conflict}
 
@@ -94,8 +95,15 @@ class ControllerClient:
         timeout: float = 10.0,
         retries: int = 5,
         backoff: float = 0.2,
+        retry_seconds: float | None = None,
     ) -> None:
+        """``retries`` attempts after the first, backoff doubling from ``backoff`` s; with
+        ``retry_seconds``, attempts go on (backoff capped at 5 s) until that much time has
+        passed since the first, whatever ``retries`` says: what a trainer wants, whose
+        report must survive a controller restart or a store outage the controller is
+        riding out (both answer 503 until they are over)."""
         self.base_url = base_url.rstrip("/")
+        self.retry_seconds = retry_seconds
         token = token if token is not None else os.environ.get("ADASEG_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries = retries
@@ -130,9 +138,11 @@ class ControllerClient:
         content = json.dumps(body, allow_nan=True).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else {}
         last: str = ""
-        for attempt in range(retries + 1):
+        began = time.monotonic()
+        attempt = -1
+        while self._another(attempt := attempt + 1, retries, began):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF))
             try:
                 response = self._http.request(
                     method,
@@ -157,8 +167,16 @@ class ControllerClient:
                 raise error(response.status_code, _detail(response), method, path)
             return response.json()
         raise ServerUnavailable(
-            f"{method} {self.base_url}{path} failed after {retries + 1} attempts: {last}"
+            f"{method} {self.base_url}{path} failed after {attempt} attempts: {last}"
         )
+
+    def _another(self, attempt: int, retries: int, began: float) -> bool:
+        """Whether attempt number ``attempt`` (0 = the first) may be made."""
+        if attempt == 0:
+            return True
+        if self.retry_seconds is not None:
+            return time.monotonic() - began < self.retry_seconds
+        return attempt <= retries
 
     def _call(
         self, model: type[Model], method: str, path: str, body: Any = None, **kw: Any

@@ -101,7 +101,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--store-retry-seconds",
         type=non_negative_float,
         default=os.environ.get(RETRY_SECONDS_ENV, str(DEFAULT_RETRY_SECONDS)),
-        help="how long checkpoint uploads and downloads retry through a store outage "
+        help="how long checkpoint uploads and downloads (and a worker's calls to the "
+        "controller) retry through an outage "
         f"(default ${RETRY_SECONDS_ENV}, else {DEFAULT_RETRY_SECONDS:g}; 0: no retries)",
     )
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto")

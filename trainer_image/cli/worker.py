@@ -78,7 +78,10 @@ def main(args: argparse.Namespace) -> int:
         store = open_trainer_store(args, interrupt=stop.terminated)
     except (SetupError, StoreError, ValueError) as exc:
         return fail("worker", exc, ExitCode.USAGE)
-    with ControllerClient(args.controller) as client, stop.sigterm():
+    # a report must outlive a controller restart, or a store outage the controller is riding
+    # out: calls to it retry as long as the store's do (0: the client's few quick retries)
+    retry_seconds = args.store_retry_seconds or None
+    with ControllerClient(args.controller, retry_seconds=retry_seconds) as client, stop.sigterm():
         try:
             return int(EXIT_CODES[Worker(client, store, options, stop).run()])
         except NotFound as exc:
