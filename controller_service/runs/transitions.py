@@ -37,6 +37,7 @@ Choices where the paper is silent (docs/design.md repeats them):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -204,22 +205,22 @@ def lease_many(state: RunState, workers: Sequence[str], ctx: Context) -> Change:
         wait = {"state": "wait", "retry_after": RETRY_AFTER_MAX}
         change.answer = {w: dict(done or wait) for w in workers}
         return change
-    holders = {m.worker: m.index for m in state.open.members if m.status == LEASED}
-    candidates = [m.index for m in state.open.members if m.status == PENDING]
-    candidates += [m.index for m in state.open.members if _expired(m, ctx.now)]
+    members = list(state.open.members)  # changed in place here, swapped in once at the end
+    holders = {m.worker: m.index for m in members if m.status == LEASED}
+    candidates = deque(m.index for m in members if m.status == PENDING)
+    candidates.extend(m.index for m in members if _expired(m, ctx.now))
     answers: dict[str, Any] = {}
     for worker in workers:
-        members = state.open.members
         held = holders.get(worker)
         member = members[held] if held is not None else None
         if member is None or member.worker != worker or member.status != LEASED:
             # the next member still free: pending, or leased by someone whose lease expired
             while candidates and not _free(members[candidates[0]], ctx.now):
-                candidates.pop(0)
+                candidates.popleft()
             if not candidates:
                 answers[worker] = None
                 continue
-            member = members[candidates.pop(0)]
+            member = members[candidates.popleft()]
             reissued = member.status == LEASED
             member = replace(
                 member,
@@ -232,16 +233,20 @@ def lease_many(state: RunState, workers: Sequence[str], ctx: Context) -> Change:
             )
             holders[worker] = member.index
             change.issued.append(reissued)
-        member = replace(member, deadline=ctx.now + state.spec.lease_seconds)
-        state = state.with_member(member, ctx.now)
+        members[member.index] = member = replace(
+            member, deadline=ctx.now + state.spec.lease_seconds
+        )
         change.members.add(member.index)
-        answers[worker] = {
-            "state": "assigned",
-            "assignment": assignment_view(state, member, ctx.uri_of),
-        }
-    wait = {"state": "wait", "retry_after": _retry_after(state.open.members, ctx.now)}
-    change.state = state
-    change.answer = {w: (a if a is not None else dict(wait)) for w, a in answers.items()}
+        answers[worker] = member
+    opened = replace(state.open, members=tuple(members))
+    change.state = state = replace(state, open=opened, updated_at=ctx.now)
+    wait = {"state": "wait", "retry_after": _retry_after(opened.members, ctx.now)}
+    change.answer = {
+        w: dict(wait)
+        if m is None
+        else {"state": "assigned", "assignment": assignment_view(state, m, ctx.uri_of)}
+        for w, m in answers.items()
+    }
     return change
 
 
