@@ -91,6 +91,7 @@ def fuzz(controller: ControllerProcess, token: str | None) -> Counter:
 def test_generated_requests_get_no_5xx_and_an_answer_in_time(controller_factory, token):
     controller = controller_factory(token=token, env={"ADASEG_LEASE_HOLD_SECONDS": "1"})
     statuses = fuzz(controller, token)
+    print(f"token {token is not None}: {sum(statuses.values())} requests, {dict(statuses)}")
     assert sum(statuses.values()) >= 200, statuses
     assert statuses[200] + statuses[201] > 0 and statuses[422] > 0, statuses  # it reached both
     assert httpx.get(controller.url + "/healthz", timeout=5).status_code == 200
