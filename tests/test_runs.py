@@ -102,10 +102,9 @@ class Run:
 
     def apply(self, change: Change) -> Change:
         self.state = change.state
-        self.writes.update(change.writes)
-        for key, value in change.writes.items():
-            if "/rounds/" in key:
-                self.records[int(key.rsplit("/r", 1)[1][:-5])] = value
+        self.writes.update(change.writes("run1"))
+        if change.record is not None:
+            self.records[change.completed_round] = change.record
         return change
 
     def lease(self, worker: str = "w", now: float = 0.0) -> Change:
@@ -138,7 +137,7 @@ class Run:
 
 
 def snapshot_of(change: Change, round_: int) -> dict[str, Any] | None:
-    return change.writes.get(f"runs/run1/policy/round-{round_:03d}.json")
+    return change.snapshot if change.completed_round == round_ else None
 
 
 def test_run_goes_from_pseudo_epoch_through_every_round_to_finished():

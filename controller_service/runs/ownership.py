@@ -42,6 +42,7 @@ from controller_service.contract.store import (
 
 log = logging.getLogger(__name__)
 DEFAULT_TTL = 30.0
+FLOCK_WAIT = 2.0  # seconds a file-store controller waits for the lock before refusing
 
 
 class StoreBusy(StoreError):
@@ -93,8 +94,10 @@ class FileWriterLock:
         self._fd: int | None = None
 
     def acquire(self, wait: float) -> None:
+        """``wait`` is capped at a few seconds: a held ``flock`` means a live holder (the
+        kernel drops it when a process dies), which waiting longer would not change."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + min(wait, FLOCK_WAIT)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -256,13 +256,12 @@ class RunRepository:
             assert new.open is not None
             encoded = {j: persist.encode_member(new.open.members[j]) for j in change.members}
         self._writer.check()
-        for key, value in change.writes.items():
+        for key, value in change.writes(run_id).items():
             self.store.put(key, persist.dumps(value))
-        for key, value in change.writes.items():
-            if key.startswith(f"runs/{run_id}/rounds/"):
-                slot.rounds[int(key.rsplit("/r", 1)[1][:-5])] = value
-            elif key.startswith(f"runs/{run_id}/policy/"):
-                slot.snapshots[int(key.rsplit("-", 1)[1][:-5])] = value
+        if change.record is not None:
+            slot.rounds[change.completed_round] = change.record
+        if change.snapshot is not None:
+            slot.snapshots[change.completed_round] = change.snapshot
         slot.state = new
         slot.version += 1
         if rebase:

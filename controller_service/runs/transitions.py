@@ -102,13 +102,28 @@ class Change:
     answer: Any
     members: set[int] = field(default_factory=set)
     rebase: bool = False
-    writes: dict[str, JSON] = field(default_factory=dict)
     issued: list[bool] = field(default_factory=list)  # per new lease: re-issued after expiry?
     completed_round: int | None = None
+    record: JSON | None = None  # the completed round's record
+    snapshot: JSON | None = None  # its policy snapshot pi^t (strategies with a policy)
+    metrics: tuple[int, int, JSON] | None = None  # (round, member, a report's metrics)
 
     @property
     def changed(self) -> bool:
         return self.rebase or bool(self.members)
+
+    def writes(self, run_id: str) -> dict[str, JSON]:
+        """The objects the new state refers to, by key: stored before it, in this order."""
+        out: dict[str, JSON] = {}
+        if self.metrics is not None:
+            round_, member, metrics = self.metrics
+            out[report_metrics_key(run_id, round_, member)] = metrics
+        if self.completed_round is not None:
+            if self.snapshot is not None:
+                out[policy_snapshot_key(run_id, self.completed_round)] = self.snapshot
+            if self.record is not None:
+                out[round_record_key(run_id, self.completed_round)] = self.record
+        return out
 
 
 # -- creation -----------------------------------------------------------------------------------
@@ -376,7 +391,7 @@ def report(state: RunState, aid: str, rep: MemberReport, ctx: Context) -> Change
 
     change = Change(state, None, members={member.index})
     if checked.metrics is not None:
-        change.writes[report_metrics_key(state.id, target.round_, member.index)] = checked.metrics
+        change.metrics = (target.round_, member.index, checked.metrics)
     result = MemberResult(
         outcome=checked.outcome,  # type: ignore[arg-type]
         assignment_id=aid,
@@ -476,8 +491,7 @@ def _complete_if_done(change: Change, ctx: Context) -> None:
             new = _fail(state, f"the search strategy cannot close round {round_}: {exc}")
         if closed is not None:
             rewards, best_member, summary = closed.rewards, closed.best_member, closed.public
-            if closed.snapshot is not None:
-                change.writes[policy_snapshot_key(state.id, round_)] = closed.snapshot
+            change.snapshot = closed.snapshot
             new = replace(state, strategy_state=closed.state)
             if best_member is not None:
                 r = results[best_member]
@@ -489,9 +503,7 @@ def _complete_if_done(change: Change, ctx: Context) -> None:
                 new = replace(new, status=FINISHED, open=None)
             else:
                 new = _open_next(new, round_ + 1, new.start, ctx)
-    change.writes[round_record_key(state.id, round_)] = round_record(
-        state, rewards, best_member, ctx.now, summary
-    )
+    change.record = round_record(state, rewards, best_member, ctx.now, summary)
     updates = {
         "completed_rounds": state.completed_rounds + 1,
         "members_done": state.members_done + len(results),
