@@ -125,7 +125,7 @@ from trainer_image.models.mask_losses import (
 from trainer_image.models.mask_postprocess import mask_panoptic_inference
 from trainer_image.models.matching import MatchCosts, match
 from trainer_image.models.postprocess import PanopticPrediction
-from trainer_image.models.registry import category_dicts, register_model
+from trainer_image.models.registry import category_dicts, preset_config, register_model
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -388,12 +388,7 @@ class MaskTransformer(nn.Module):
 
     def __init__(self, categories: Sequence[Any], preset: str = "tiny", **overrides: Any):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-        unknown = set(overrides) - set(PRESETS[preset]) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown mask_transformer config keys: {sorted(unknown)}")
-        cfg = {**DEFAULTS, **PRESETS[preset], **overrides}
+        cfg = preset_config("mask_transformer", PRESETS, DEFAULTS, preset, overrides)
         cfg["blocks"] = [int(b) for b in cfg["blocks"]]
         for key in ("width", "hidden_dim", "heads", "ffn_dim", "num_queries", "max_segments"):
             cfg[key] = int(cfg[key])

@@ -31,7 +31,7 @@ from torch import nn
 from trainer_image.models.backbone import NORMS, ResNetBackbone, conv_norm_relu
 from trainer_image.models.losses import hard_pixel_cross_entropy, weighted_l1, weighted_mse
 from trainer_image.models.postprocess import PanopticPrediction, panoptic_postprocess
-from trainer_image.models.registry import category_dicts, register_model
+from trainer_image.models.registry import category_dicts, preset_config, register_model
 from trainer_image.targets import REFERENCE_SIZE, PanopticDeepLabTargets
 
 PUBLISHED_WEIGHTS = {"semantic": 1.0, "center": 200.0, "offset": 0.01}
@@ -147,12 +147,7 @@ class PanopticDeepLab(nn.Module):
 
     def __init__(self, categories: Sequence[Any], preset: str = "tiny", **overrides: Any):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-        unknown = set(overrides) - set(PRESETS[preset]) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown panoptic_deeplab config keys: {sorted(unknown)}")
-        cfg = {**DEFAULTS, **PRESETS[preset], **overrides}
+        cfg = preset_config("panoptic_deeplab", PRESETS, DEFAULTS, preset, overrides)
         cfg["blocks"] = [int(b) for b in cfg["blocks"]]
         cfg["aspp_dilations"] = [int(d) for d in cfg["aspp_dilations"]]
         if cfg["norm"] not in NORMS:

@@ -95,6 +95,23 @@ def category_dicts(categories: Sequence[Any]) -> list[dict[str, Any]]:
     return dicts
 
 
+def preset_config(
+    model: str,
+    presets: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, Any],
+    preset: str,
+    overrides: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A model's settings: its defaults, then the preset's, then the overrides; an unknown
+    preset or key is a ValueError naming the model (a typo must not be silently ignored)."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(presets)}")
+    unknown = set(overrides) - set(presets[preset]) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {model} config keys: {sorted(unknown)}")
+    return {**defaults, **presets[preset], **overrides}
+
+
 def build_model(name: str, categories: Sequence[Any], **config: Any) -> PanopticModel:
     """Build the registered model ``name`` for ``categories`` with its ``config``.
 
