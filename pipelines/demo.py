@@ -258,6 +258,7 @@ class DemoSession:
                     f"demo-worker-{i}",
                     device="cpu",
                     batch_size=c.batch_size,
+                    model=c.model,
                 ),
                 log=self.logs / f"worker-{i}.log",
                 env=env,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from controller_service.contract.client import ControllerClient
 from controller_service.contract.store import open_store
 
 TRAINED_ONE = re.compile(r"members done [1-9]")  # the exploration has trained a member
@@ -132,10 +133,13 @@ def test_quick_demo_against_a_running_controller_and_an_s3_store(
     tmp_path: Path, s3_env: dict[str, str], s3_store_uri: str, controller_factory
 ) -> None:
     """``adaseg demo --controller URL --store s3://...``: the cluster path, with the test's
-    S3 server standing in for MinIO; every number and checkpoint lands in the bucket."""
+    S3 server standing in for MinIO; every number and checkpoint lands in the bucket. With
+    the second model family (``--model mask_transformer``, ten losses), so the demo's
+    every phase is shown to take any registered model."""
     controller = controller_factory(store_uri=s3_store_uri, env=s3_env)
     out = tmp_path / "outputs"
     argv = _demo_argv(out) + ["--controller", controller.url, "--store", s3_store_uri]
+    argv += ["--model", "mask_transformer"]
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=900, env={**os.environ, **s3_env}
     )
@@ -150,6 +154,8 @@ def test_quick_demo_against_a_running_controller_and_an_s3_store(
     )
     assert store.exists(f"transfers/{tag}-equal/final.pt")
     assert not (out / "store").exists()  # nothing went to the default file store
+    (run,) = ControllerClient(controller.url).list_runs()
+    assert len(run.loss_names) == 10 and run.status == "finished"
 
 
 def _start_until(out: Path, marker: str) -> tuple[subprocess.Popen, str]:
