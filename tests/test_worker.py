@@ -198,7 +198,7 @@ def test_heartbeats_keep_a_lease_shorter_than_the_interval(
 
     controller = controller_factory()  # its own: /metrics counts every run of the process
     client = ControllerClient(controller.url)
-    lease, iterations = 1.0, 80  # 15-50 it/s here: intervals of 1.6 s and more
+    lease, iterations = 1.0, 160  # 5-80 it/s on the machines seen: 2 s and more
     run = client.create_run(LOSSES, population=2, rounds=1, seed=2, lease_seconds=lease)
     logs = {name: tmp_path / f"worker-{name}.log" for name in "AB"}
     workers = {
@@ -211,14 +211,15 @@ def test_heartbeats_keep_a_lease_shorter_than_the_interval(
     check_complete_run(final, controller.store_uri, rounds=1, population=2, per_epoch=iterations)
     members = [c for record in final["history"] for c in record["candidates"]]
     assert [c["attempts"] for c in members] == [1, 1, 1]
-    # every interval outlived its lease: only heartbeats kept it
+    # an interval that outlived its lease was kept only by heartbeats (the fastest member may
+    # finish within one lease on a fast machine, so the claim is made of the longest)
     store = open_store(controller.store_uri)
     seconds = [
         store.get_json(report_metrics_key(run.id, r["round"], c["member"]))["train_seconds"]
         for r in final["history"]
         for c in r["candidates"]
     ]
-    assert min(seconds) > lease
+    assert max(seconds) > 2 * lease
     metrics = httpx.get(f"{controller.url}/metrics").text
     assert prometheus_value(metrics, "adaseg_leases_expired_total") == 0.0
     assert prometheus_value(metrics, "adaseg_leases_issued_total") == 3.0
