@@ -323,7 +323,9 @@ def _follow(client: Any, run_id: str, workers: list[Any], log_dir: Path) -> dict
             seen = item["round"]
             pqs = [c["pq"] for c in item["candidates"] if c.get("valid", True)]
             shown = ", ".join("div" if pq is None else f"{pq:.2f}" for pq in pqs)
-            weights = {k: float(f"{v:.3g}") for k, v in item["mean_weights"].items()}
+            # a search strategy without a policy (e.g. PBT in the controller) may have no mean
+            means = item.get("mean_weights") or {}
+            weights = {k: float(f"{v:.3g}") for k, v in means.items()}
             print(f"round {seen}/{run['rounds']}: PQ [{shown}] mean λ {weights}", flush=True)
         if run["status"] == "finished":
             return run
@@ -342,7 +344,7 @@ def round_summaries(run: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {
                 "round": item["round"],
-                "mean_weights": item["mean_weights"],
+                "mean_weights": item.get("mean_weights"),
                 "input_losses": item.get("input_losses"),
                 "best_member": item.get("best_member"),
                 "members": [

@@ -10,7 +10,10 @@ for each ``--at`` t), one more epoch is trained, as an exploration's member trai
   PQ owes to luck with the data (the exploration gives every member of a round the same
   order, but its reward still ranks members by PQ differences of this size or not);
 * **weights**: one data order, ``--draws`` weight vectors drawn as the service's defaults
-  draw them, λ_ref × (1 + 0.5 ε): the signal REINFORCE has to find.
+  draw them, λ_ref × (1 + 0.5 ε): the signal REINFORCE has to find;
+* **weights-order1**: the same draws under a second data order (``--repeat``): whether a
+  draw's PQ relative to the others survives a change of data order, i.e. how much of the
+  spread between members is the weights' and how much their interplay with the data.
 
 λ_ref is the equal-loss normalisation of the checkpoint's last epoch (l_semantic / l_i),
 about where the untrained policy starts. Every model is scored on a pool of ``--pool``
@@ -62,13 +65,23 @@ def subset_spread(per_subset: Mapping[str, Sequence[float]]) -> dict[str, float]
     return {size: statistics.fmean(values) for size, values in per_subset.items() if values}
 
 
+def _weight_effect_std(a: Sequence[float], b: Sequence[float]) -> float:
+    """Std of the weights' own effect on PQ from the same draws under two data orders:
+    PQ = effect_j + noise, so var(mean over the two orders) = var(effect) + var(noise)/2,
+    and var(a - b) = 2 var(noise); hence var(effect) = var((a+b)/2) - var(a-b)/4 (0 when
+    the noise explains all of it)."""
+    means = [(x + y) / 2 for x, y in zip(a, b, strict=True)]
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    return max(0.0, statistics.variance(means) - statistics.variance(diffs) / 4) ** 0.5
+
+
 def summarise(models: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Std and range of the whole-pool PQ within each group (order, weights) per checkpoint,
     and the subset spread."""
     out: dict[str, Any] = {}
     for at in sorted({m["at"] for m in models}):
         entry: dict[str, Any] = {}
-        for group in ("order", "weights"):
+        for group in ("order", "weights", "weights-order1"):
             pqs = [m["pq"] for m in models if m["at"] == at and m["group"] == group]
             if len(pqs) > 1:
                 entry[group] = {
@@ -85,6 +98,23 @@ def summarise(models: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 if len(pqs) > 1:
                     spreads.setdefault(size, []).append(statistics.stdev(pqs))
         entry["subset_std"] = subset_spread(spreads)
+        first = {m["index"]: m["pq"] for m in models if m["at"] == at and m["group"] == "weights"}
+        second = {
+            m["index"]: m["pq"] for m in models if m["at"] == at and m["group"] == "weights-order1"
+        }
+        both = sorted(set(first) & set(second))
+        if len(both) > 2:
+            entry["draws_across_orders"] = {
+                "n": len(both),
+                "pearson": statistics.correlation(
+                    [first[j] for j in both], [second[j] for j in both]
+                ),
+                # the draws' own effect, what two orders agree on: var(mean of the two) minus
+                # the interplay's share, from the paired differences (var of d / 4)
+                "std_weight_effect": _weight_effect_std(
+                    [first[j] for j in both], [second[j] for j in both]
+                ),
+            }
         out[str(at)] = entry
     return out
 
@@ -133,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=6)
     parser.add_argument("--pool", type=int, default=1024, help="held-out train images")
     parser.add_argument("--subsets", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--repeat", action="store_true", help="the draws under a 2nd order too")
+    parser.add_argument("--tag", default="", help="names the output: noise-s<seed><-tag>.json")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     scale: Scale = SCALES[args.scale]
@@ -142,9 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (paths.data / "annotations" / "panoptic_train.json").exists():
         print(f"no data in {paths.data}: run the benchmark once (it synthesizes the data)")
         return 2
-    out = paths.work / f"noise-s{args.seed}.json"
+    out = paths.work / f"noise-s{args.seed}{'-' + args.tag if args.tag else ''}.json"
     state = json.loads(out.read_text()) if out.exists() else {"config": vars(args), "models": []}
-    if state["config"] != vars(args):
+    same = ("scale", "seed", "orders", "draws", "pool", "subsets")  # what a kept model depends on
+    if any(state["config"][k] != vars(args)[k] for k in same):
         print(f"{out} was made with other arguments {state['config']}; delete it to start over")
         return 2
     run(scale, paths.data, args, state, out)
@@ -181,6 +214,11 @@ def run(scale: Scale, data: Path, args: argparse.Namespace, state: dict, out: Pa
     epoch = 0
     last_losses: dict[str, float] = {}
     for at in sorted(args.at):
+        todo = (args.orders + args.draws * (2 if args.repeat else 1)) > sum(
+            1 for key in done if key[0] == at
+        )
+        if not todo:
+            continue
         while epoch < at:  # the equal-weights trajectory up to the checkpoint
             batches = interval_batches(
                 loader(derive_seed(args.seed, "data", epoch)), epoch, per_epoch
@@ -198,6 +236,9 @@ def run(scale: Scale, data: Path, args: argparse.Namespace, state: dict, out: Pa
         jobs += [
             ("weights", j, w, derive_seed(args.seed, "noise", at, 0)) for j, w in enumerate(draws)
         ]
+        if args.repeat:
+            second = derive_seed(args.seed, "noise", at, 1)
+            jobs += [("weights-order1", j, w, second) for j, w in enumerate(draws)]
         for group, index, weights, data_seed in jobs:
             if (at, group, index) in done:
                 continue

@@ -379,7 +379,7 @@ NONPOSITIVE_AT = 1e-4  # where a policy mean <= 0 is drawn on the log axis
 
 
 def _positive(values: Sequence[float]) -> list[float]:
-    return [v if v > 0 else NONPOSITIVE_AT for v in values]
+    return [v if v > 0 or math.isnan(v) else NONPOSITIVE_AT for v in values]
 
 
 def plot_weights(
@@ -411,7 +411,7 @@ def plot_weights(
             if explore:
                 rounds = [r for r in explore["rounds"] if r["round"] >= 1]
                 xs = [r["round"] for r in rounds]
-                means = [r["mean_weights"][name] for r in rounds]
+                means = [(r["mean_weights"] or {}).get(name, math.nan) for r in rounds]
                 top.plot(
                     xs, _positive(means), "o-", color=colour, label=f"policy mean, seed {seed}"
                 )
