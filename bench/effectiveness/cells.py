@@ -507,11 +507,10 @@ def run_pseudo(ctx: Context, cell: Cell) -> dict[str, Any]:
 def run_pbt_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     from bench.effectiveness.pbt import PbtConfig, final_best, run_pbt, trained_members
     from trainer_image.session import DataOptions
+    from trainer_image.training import TrainConfig
 
     s = ctx.scale
     job = ctx.job_id(cell)
-    from trainer_image.training import TrainConfig
-
     config = PbtConfig(
         run_id=f"pbt-{job}",
         loss_names=tuple(model_loss_names(ctx.data_dir)),
