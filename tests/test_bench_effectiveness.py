@@ -1,13 +1,17 @@
 """The effectiveness benchmark's harness: cell keys, caching and resume, scheduling, the
-table and the PBT baseline's pure logic. No training here: the benchmark itself is the
-end-to-end run (``bench/effectiveness/run.py --scale smoke``)."""
+table and the PBT baseline's pure logic, and the held-out protocol (phases, splits, the
+neutral grid, the frozen-settings check, the paired bootstrap). No training here: the
+benchmark itself is the end-to-end run (``bench/effectiveness/run.py --scale smoke`` and
+``--scale smoke-heldout``)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,32 +21,70 @@ import pytest
 
 from bench.effectiveness import pbt
 from bench.effectiveness.plan import (
+    DEV,
     EXPLORE,
     GRID,
     GRID_POINT,
+    LEGACY_ROWS,
+    PLAIN_HEADS,
+    PSEUDO,
+    SCALED_HEADS,
     SCALES,
+    TEST,
     TRANSFER,
     UNTRAINED,
     Cell,
     cell_spec,
+    default_row_names,
+    eval_split,
     grid_weights,
+    neutral_centre,
+    neutral_grid_point,
+    phase_of,
     plan,
     spec_hash,
+    train_split,
 )
-from bench.effectiveness.report import markdown_table, paired_delta
+from bench.effectiveness.protocol import (
+    FrozenFile,
+    freeze_problems,
+    frozen_document,
+    phase_seed_problems,
+    problems_before_test,
+    settings_hash,
+)
+from bench.effectiveness.report import (
+    PhaseTable,
+    held_out_table,
+    markdown_table,
+    paired_delta,
+    planned_epochs,
+)
 from bench.effectiveness.results import (
+    bootstrap_distribution,
+    bootstrap_interval,
     done_results,
     mean_std,
     new_result,
+    paired,
     read_result,
     result_path,
     table,
     write_result,
 )
-from bench.effectiveness.run import Paths, eta_seconds, next_cells, run_all
+from bench.effectiveness.run import (
+    Paths,
+    eta_seconds,
+    next_cells,
+    paths_for,
+    read_frozen,
+    run_all,
+)
 from pipelines.local import ChildProcesses, stop_signals_as_interrupt
 
 SMOKE = SCALES["smoke"]  # grid factors (0.1, 10): a 2 × 2 grid
+HELD = SCALES["smoke-heldout"]  # the same sizes on the held-out protocol: dev seed 0, test 1
+MEDIUM = SCALES["medium"]
 
 
 # -- plan -------------------------------------------------------------------------------------
@@ -327,3 +369,245 @@ def test_reap_returns_exited_children_once() -> None:
     finally:
         children.stop_all()
     assert slow.returncode == -signal.SIGTERM
+
+
+# -- the held-out protocol (issue 12) ---------------------------------------------------------
+
+
+def test_small_results_stay_current_after_the_held_out_additions() -> None:
+    """Issue 7's committed results must keep their hashes: the new scale fields and rows
+    are left out of the small scale's identity and table."""
+    small = SCALES["small"]
+    assert default_row_names(small) == list(LEGACY_ROWS)
+    cells = plan(small, default_row_names(small), [0, 1, 2, 3, 4])
+    results_dir = Path(__file__).resolve().parents[1] / "bench" / "effectiveness" / "results"
+    assert len(done_results(results_dir, small, cells)) == len(cells) == 155
+
+
+def test_phases_choose_the_seeds_and_the_split_a_cell_is_scored_on() -> None:
+    assert (phase_of(MEDIUM, 0), phase_of(MEDIUM, 2), phase_of(MEDIUM, 3)) == (DEV, DEV, TEST)
+    assert MEDIUM.test_seeds == (3, 4, 5, 6, 7) and not set(MEDIUM.dev_seeds) & {3, 4, 5, 6, 7}
+    with pytest.raises(ValueError, match="neither a dev seed"):
+        phase_of(MEDIUM, 8)
+    with pytest.raises(ValueError, match="neither a dev seed"):
+        plan(MEDIUM, ["equal"], [8])
+    # every row trains on proxy-train; dev is scored on proxy-val, test on val
+    assert (train_split(MEDIUM, 1), eval_split(MEDIUM, 1)) == ("proxy-train-s1", "proxy-val-s1")
+    assert (train_split(MEDIUM, 5), eval_split(MEDIUM, 5)) == ("proxy-train-s5", "val")
+    # issue 7's scales: all of train, scored on val, no phase
+    assert phase_of(SMOKE, 0) is None
+    assert (train_split(SMOKE, 0), eval_split(SMOKE, 0)) == ("train", "val")
+    dev = cell_spec(HELD, plan(HELD, ["equal"], [0])[0])
+    test = cell_spec(HELD, plan(HELD, ["equal"], [1])[0])
+    assert (dev["phase"], dev["eval_split"], test["phase"], test["eval_split"]) == (
+        DEV,
+        "proxy-val-s0",
+        TEST,
+        "val",
+    )
+    assert "phase" not in cell_spec(SMOKE, plan(SMOKE, ["equal"], [0])[0])
+
+
+def test_phase_seed_problems_keep_dev_runs_off_test_seeds() -> None:
+    assert phase_seed_problems(MEDIUM, DEV, [0, 1, 2]) == []
+    assert phase_seed_problems(MEDIUM, TEST, [3, 7]) == []
+    assert "seeds [3] are not dev seeds" in phase_seed_problems(MEDIUM, DEV, [0, 3])[0]
+    assert "seeds [0] are not test seeds" in phase_seed_problems(MEDIUM, TEST, [0, 4])[0]
+
+
+def test_held_out_rows_share_one_pseudo_epoch_and_name_their_head_rule() -> None:
+    cells = plan(HELD, ["untrained", "grid-neutral", "uncertainty", "published-plain"], [0])
+    by_key = {c.key: c for c in cells}
+    pseudo = by_key["smoke-heldout-pseudo-s0"]
+    assert [c.key for c in cells].count(pseudo.key) == 1
+    assert (pseudo.kind, pseudo.row, pseudo.planned_epochs) == (PSEUDO, None, 1)
+    # the untrained policy needs the pseudo epoch alone, not a whole exploration
+    untrained = by_key["smoke-heldout-untrained-s0"]
+    assert untrained.deps == (pseudo.key,)
+    assert not any(c.kind == EXPLORE for c in cells)
+    points = [c for c in cells if c.kind == GRID_POINT]
+    assert [c.key for c in points] == [
+        "smoke-heldout-gridn-center0.1x-offset0.1x-s0",
+        "smoke-heldout-gridn-center0.1x-offset10x-s0",
+        "smoke-heldout-gridn-center10x-offset0.1x-s0",
+        "smoke-heldout-gridn-center10x-offset10x-s0",
+    ]
+    assert all(c.deps == (pseudo.key,) for c in points)
+    grid = by_key["smoke-heldout-grid-neutral-s0"]
+    assert (grid.kind, grid.deps, grid.planned_epochs) == (GRID, tuple(c.key for c in points), 0)
+    heads = {c.row: c.params["head_lr"] for c in cells if c.row}
+    assert heads["untrained"] == SCALED_HEADS
+    assert heads["uncertainty"] == PLAIN_HEADS  # the trainer's only rule for it
+    assert heads["published-plain"] == PLAIN_HEADS
+    # issue 7's untrained row still reads the exploration's round 1
+    assert plan(SMOKE, ["untrained"], [0])[1].deps == ("smoke-ada-a-s0",)
+
+
+def test_neutral_grid_is_log_spaced_around_the_equal_loss_normalisation() -> None:
+    l1 = {"semantic": 2.0, "center": 0.02, "offset": 4.0}
+    assert neutral_centre(l1) == {"semantic": 1.0, "center": 100.0, "offset": 0.5}
+    points = [
+        neutral_grid_point(l1, c.params["factors"])
+        for c in plan(HELD, ["grid-neutral"], [0])
+        if c.kind == GRID_POINT
+    ]
+    assert points == [
+        {"semantic": 1.0, "center": 10.0, "offset": 0.05},
+        {"semantic": 1.0, "center": 10.0, "offset": 5.0},
+        {"semantic": 1.0, "center": 1000.0, "offset": 0.05},
+        {"semantic": 1.0, "center": 1000.0, "offset": 5.0},
+    ]
+    with pytest.raises(ValueError, match="cannot normalise"):
+        neutral_centre({"semantic": 2.0, "center": 0.0, "offset": 1.0})
+
+
+def test_row_cost_counts_everything_a_seed_of_it_trains() -> None:
+    e, search = MEDIUM.epochs, MEDIUM.search_epochs
+    assert MEDIUM.population == 8 and MEDIUM.rounds == e >= 12
+    assert search == 1 + 8 * e
+    assert planned_epochs(MEDIUM, "equal") == e
+    assert planned_epochs(MEDIUM, "untrained") == e + 1  # and its pseudo epoch
+    assert planned_epochs(MEDIUM, "grid-neutral") == 1 + 9 * e
+    assert planned_epochs(MEDIUM, "grid") == 9 * e
+    assert planned_epochs(MEDIUM, "ensemble") == e + search
+
+
+def test_bootstrap_interval_on_hand_computed_distributions() -> None:
+    # two seeds: means 1, 2, 3 with probabilities 1/4, 1/2, 1/4
+    assert sorted(bootstrap_distribution([1.0, 3.0])) == [(1.0, 0.25), (2.0, 0.5), (3.0, 0.25)]
+    assert bootstrap_interval([1.0, 3.0]) == (1.0, 3.0)
+    # [0, 0, 0, 3]: P(mean 0) = (3/4)^4 = .316; P(mean 3) = (1/4)^4 = .0039 < .025, and
+    # P(mean >= 2.25) = .0469 + .0039 >= .025, so the upper 97.5 % quantile is 2.25
+    assert bootstrap_interval([0.0, 0.0, 0.0, 3.0]) == (0.0, 2.25)
+    distribution = dict(bootstrap_distribution([0.0, 0.0, 0.0, 3.0]))
+    assert sum(distribution.values()) == pytest.approx(1.0)
+    assert distribution[0.0] == pytest.approx(81 / 256)
+    assert distribution[2.25] == pytest.approx(12 / 256)
+    # 50 %: CDF(0) = 81/256 >= .25; CDF(0.75) = 189/256 = .738 < .75 <= CDF(1.5) = 243/256
+    assert bootstrap_interval([0.0, 0.0, 0.0, 3.0], level=0.5) == (0.0, 1.5)
+    assert bootstrap_interval([5.0]) == (5.0, 5.0)
+
+
+def test_paired_table_gives_intervals_and_wins_against_both_baselines() -> None:
+    cells = {c.key: c for c in plan(HELD, ["equal", "untrained"], [0, 1])}
+    results = {}
+    for seed, (equal, untrained) in enumerate([(10.0, 11.0), (12.0, 15.0)]):
+        for row, pq in (("equal", equal), ("untrained", untrained)):
+            key = f"smoke-heldout-{row}-s{seed}"
+            results[key] = new_result(
+                HELD, cells[key], pq=pq, pq_th=pq, pq_st=pq, epochs=2, search_epochs=0,
+                wall_seconds=60.0, search_wall_seconds=0.0,
+            )  # fmt: skip
+    compared = paired(results, HELD, "untrained", "equal", [0, 1])
+    assert (compared.diffs, compared.mean, compared.interval) == ((1.0, 3.0), 2.0, (1.0, 3.0))
+    assert (compared.wins, compared.losses) == (2, 0)
+    assert compared.format() == "+2.00 [+1.00, +3.00], 2–0"
+    assert paired(results, HELD, "untrained", "equal", [5]) is None
+    rows = table(HELD, ["equal", "untrained"], [0, 1], results)
+    text = held_out_table(HELD, PhaseTable(DEV, [0, 1], [], rows, results))
+    assert "| either (λ = 1) | 11.00 ± 1.41 |" in text
+    assert "| +2.00 [+1.00, +3.00], 2–0 | – |" in text  # untrained: vs equal, vs itself
+    assert "| – | -2.00 [-3.00, -1.00], 0–2 |" in text  # equal: vs itself, vs untrained
+
+
+def _frozen(scale: object, rows: list[str], commit: str | None = "c0ffee" * 6, clean=True):
+    return FrozenFile(frozen_document(scale, rows, "2026-12-01"), commit, clean)
+
+
+def test_test_phase_needs_committed_frozen_settings_that_still_hold() -> None:
+    rows = ["equal", "untrained"]
+    assert problems_before_test(HELD, rows, _frozen(HELD, rows)) == []
+    missing = problems_before_test(HELD, rows, FrozenFile(None, None, False))
+    assert "no frozen settings" in missing[0]
+    for uncommitted in (
+        _frozen(HELD, rows, commit=None, clean=False),
+        _frozen(HELD, rows, clean=False),
+    ):
+        assert "not committed" in problems_before_test(HELD, rows, uncommitted)[0]
+    only_equal = problems_before_test(HELD, rows, _frozen(HELD, ["equal"]))
+    assert only_equal == ["row 'untrained' was not frozen (frozen: equal)"]
+    # a setting changed after the freeze (here the lr): the row's hash no longer matches
+    changed = dataclasses.replace(HELD, lr=0.05)
+    assert settings_hash(changed, "equal") != settings_hash(HELD, "equal")
+    problems = problems_before_test(changed, rows, _frozen(HELD, rows))
+    assert len(problems) == 2 and all("changed since they were frozen" in p for p in problems)
+    assert "no test phase" in problems_before_test(SMOKE, rows, _frozen(HELD, rows))[0]
+    # the settings of a row are its dependencies' too, and the same for every seed
+    assert settings_hash(HELD, "untrained") == settings_hash(HELD, "untrained")
+    other_centre = dataclasses.replace(HELD, grid_factors=(0.5, 2.0))
+    assert settings_hash(other_centre, "grid-neutral") != settings_hash(HELD, "grid-neutral")
+
+
+def test_freeze_is_refused_once_a_row_has_test_results() -> None:
+    assert freeze_problems(HELD, ["equal"], ["smoke-heldout-equal-s0"]) == []  # dev only
+    problems = freeze_problems(HELD, ["equal", "untrained"], ["smoke-heldout-untrained-s1"])
+    assert problems == [
+        "row 'untrained' already has test results (smoke-heldout-untrained-s1): its settings "
+        "were frozen before them and cannot be chosen again"
+    ]
+    assert "nothing to freeze" in freeze_problems(SMOKE, ["equal"], [])[0]
+
+
+def _git(repo: Path, *args: str) -> str:
+    author = ["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
+    return subprocess.run(
+        ["git", "-C", str(repo), *author, *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_read_frozen_asks_git_whether_the_file_is_committed(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    path = tmp_path / "frozen" / "x.json"
+    assert read_frozen(path) == FrozenFile(None, None, False)
+    path.parent.mkdir()
+    path.write_text(json.dumps({"rows": {"equal": "abc"}}))
+    untracked = read_frozen(path)
+    assert (untracked.document, untracked.commit, untracked.clean) == (
+        {"rows": {"equal": "abc"}},
+        None,
+        False,
+    )
+    _git(tmp_path, "add", "frozen/x.json")
+    assert read_frozen(path).commit is None  # staged is not committed
+    _git(tmp_path, "commit", "-q", "-m", "freeze")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    assert read_frozen(path) == FrozenFile({"rows": {"equal": "abc"}}, head, True)
+    path.write_text(json.dumps({"rows": {"equal": "def"}}))  # changed after the commit
+    assert read_frozen(path) == FrozenFile({"rows": {"equal": "def"}}, head, False)
+
+
+def _held_paths(tmp_path: Path) -> Paths:
+    return Paths(
+        work=tmp_path / "work",
+        data=tmp_path / "work" / "data",
+        store=tmp_path / "work" / "store",
+        logs=tmp_path / "work" / "logs",
+        results=tmp_path / "results",
+        report=tmp_path,
+        frozen=tmp_path / "frozen.json",
+    )
+
+
+def test_run_refuses_test_cells_without_a_committed_freeze(tmp_path: Path, capsys) -> None:
+    paths = _held_paths(tmp_path)
+    args = argparse.Namespace(scale=HELD.name, phase=TEST, seeds=[1], rows=["equal"], jobs=1)
+    assert run_all(args, HELD, paths) == 2
+    assert "no frozen settings" in capsys.readouterr().out
+    paths.frozen.write_text(json.dumps(frozen_document(HELD, ["equal"], "now")))
+    assert run_all(args, HELD, paths) == 2  # written, but git has never seen it
+    assert "not committed" in capsys.readouterr().out
+    dev_on_test_seed = argparse.Namespace(
+        scale=HELD.name, phase=DEV, seeds=[1], rows=["equal"], jobs=1
+    )
+    assert run_all(dev_on_test_seed, HELD, paths) == 2
+    assert "not dev seeds" in capsys.readouterr().out
+    assert not paths.work.exists() and not paths.results.exists()  # nothing ran
+
+
+def test_committed_scales_keep_results_in_results_and_medium_reports_at_the_top() -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench" / "effectiveness"
+    medium, small = paths_for(MEDIUM), paths_for(SCALES["small"])
+    assert medium.results == small.results == bench / "results"
+    assert (medium.report, small.report) == (bench, bench / "small")
+    assert medium.frozen == bench / "frozen" / "medium.json"
+    assert paths_for(HELD).frozen.is_relative_to(bench / "work")

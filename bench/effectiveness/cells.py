@@ -8,6 +8,10 @@ differs between rows. A cell returns its result dict; the caller writes it.
 Store objects are named ``<cell-key>-<config-hash>`` (job ids, run names), so a
 cell interrupted half-way resumes its own job, and a changed configuration
 never picks up a stale one.
+
+On a held-out scale (``plan.py``) every training gets the scale's lr and its row's head
+lr rule, trains on the seed's proxy-train split and is scored on the seed's phase split
+(proxy-val for dev seeds, ``val`` for test seeds).
 """
 
 from __future__ import annotations
@@ -25,21 +29,27 @@ from bench.effectiveness.plan import (
     EXPLORE,
     GRID,
     GRID_POINT,
+    NEUTRAL_CENTRE,
     PBT,
+    PLAIN_HEADS,
+    PSEUDO,
     TRAIN,
     TRANSFER,
     UNTRAINED,
     Cell,
     Scale,
     cell_spec,
+    eval_split,
+    neutral_grid_point,
+    proxy_split_names,
     spec_hash,
+    train_split,
 )
 from bench.effectiveness.results import new_result, read_result
 from pipelines.local import ChildProcesses, adaseg
 
 MODEL = "panoptic_deeplab"
 REPO = Path(__file__).resolve().parents[2]
-EVAL_SPLIT = "val"  # the held-out split; the controller only ever sees proxy-val
 
 
 @dataclass
@@ -58,10 +68,6 @@ class Context:
 
     def job_id(self, cell: Cell) -> str:
         return f"{cell.key}-{spec_hash(cell_spec(self.scale, cell))}"
-
-
-def proxy_split_names(seed: int) -> tuple[str, str]:
-    return f"proxy-train-s{seed}", f"proxy-val-s{seed}"
 
 
 def ensure_proxy_splits(data_dir: Path, seed: int, proxy_val: float) -> tuple[str, str]:
@@ -99,8 +105,9 @@ def model_loss_names(data_dir: Path) -> list[str]:
     return list(fresh_model(MODEL, open_split(data_dir, "train").categories, None, 0).loss_names)
 
 
-def evaluate_checkpoint(ctx: Context, uri: str, threads: int) -> dict[str, float]:
-    """PQ of a stored checkpoint on the held-out split (Ada-Segment-A, PBT's best model)."""
+def evaluate_checkpoint(ctx: Context, cell: Cell, uri: str, threads: int) -> dict[str, float]:
+    """PQ of a stored checkpoint on the cell's scoring split (Ada-Segment-A, PBT's best
+    model, a held-out grid's pick)."""
     import torch
 
     from controller_service.contract.store import open_store
@@ -110,7 +117,8 @@ def evaluate_checkpoint(ctx: Context, uri: str, threads: int) -> dict[str, float
 
     torch.set_num_threads(threads)
     model = model_from_checkpoint(load_checkpoint(open_store(ctx.store_uri), uri))
-    return evaluate_pq(model, open_split(ctx.data_dir, EVAL_SPLIT), ctx.scale.batch_size)
+    split = open_split(ctx.data_dir, eval_split(ctx.scale, cell.seed))
+    return evaluate_pq(model, split, ctx.scale.batch_size)
 
 
 def _scores(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,12 +128,29 @@ def _scores(metrics: Mapping[str, Any]) -> dict[str, Any]:
 # -- static trainings ---------------------------------------------------------------------------
 
 
+def optimiser_flags(scale: Scale, cell: Cell) -> list[str]:
+    """The scale's lr and the cell's head lr rule, as every trainer command takes them
+    (nothing for issue 7's scales: the trainer's defaults)."""
+    flags = [] if scale.lr is None else ["--lr", f"{scale.lr:g}"]
+    if cell.params.get("head_lr") == PLAIN_HEADS:
+        flags.append("--no-head-lr-scaling")
+    return flags
+
+
+def split_flags(scale: Scale, cell: Cell) -> list[str]:
+    """Where a training job trains and is scored (issue 7: all of train, scored on val)."""
+    if not scale.held_out:
+        return []
+    return ["--split", train_split(scale, cell.seed), "--val-split", eval_split(scale, cell.seed)]
+
+
 def _train_args(ctx: Context, cell: Cell, *extra: str) -> list[str]:
     s = ctx.scale
     return adaseg(
         "train", "--data", str(ctx.data_dir), "--store", ctx.store_uri, "--device", "cpu",
         "--batch-size", str(s.batch_size), "--epochs", str(s.epochs), "--seed", str(cell.seed),
-        "--out-id", ctx.job_id(cell), "--log-every", "50", "--model", MODEL, *extra,
+        "--out-id", ctx.job_id(cell), "--log-every", "50", "--model", MODEL,
+        *optimiser_flags(s, cell), *extra,
     )  # fmt: skip
 
 
@@ -154,28 +179,43 @@ def _training_result(ctx: Context, cell: Cell, metrics: Mapping[str, Any], **ext
 
 
 def run_train(ctx: Context, cell: Cell) -> dict[str, Any]:
-    ctx.children.run(_train_args(ctx, cell, "--strategy", cell.params["strategy"]))
+    strategy = cell.params["strategy"]
+    ctx.children.run(_train_args(ctx, cell, "--strategy", strategy, *split_flags(ctx.scale, cell)))
     metrics = _job_metrics(ctx, ctx.job_id(cell))
-    return _training_result(ctx, cell, metrics, strategy=cell.params["strategy"])
+    return _training_result(ctx, cell, metrics, strategy=strategy)
 
 
 def _weights_flag(weights: Mapping[str, float], names: list[str]) -> str:
     return ",".join(f"{weights[name]:g}" for name in names)
 
 
+def grid_point_weights(ctx: Context, cell: Cell) -> dict[str, float]:
+    """A published-centred point's weights, or a neutral point's: its factors on the
+    equal-loss normalisation of its seed's pseudo epoch."""
+    if cell.params.get("centre") != NEUTRAL_CENTRE:
+        return dict(cell.params["weights"])
+    (pseudo_key,) = cell.deps
+    return neutral_grid_point(
+        _dependency(ctx, pseudo_key)["initial_losses"], cell.params["factors"]
+    )
+
+
 def run_grid_point(ctx: Context, cell: Cell) -> dict[str, Any]:
     """One grid point: trained on proxy-train, scored on proxy-val (never on val)."""
-    train_split, val_split = ensure_proxy_splits(ctx.data_dir, cell.seed, ctx.scale.proxy_val)
-    weights = cell.params["weights"]
+    proxy_train, proxy_val = ensure_proxy_splits(ctx.data_dir, cell.seed, ctx.scale.proxy_val)
+    weights = grid_point_weights(ctx, cell)
     flag = _weights_flag(weights, model_loss_names(ctx.data_dir))
     ctx.children.run(
         _train_args(
-            ctx, cell, "--strategy", "fixed", "--weights", flag, "--split", train_split,
-            "--val-split", val_split,
+            ctx, cell, "--strategy", "fixed", "--weights", flag, "--split", proxy_train,
+            "--val-split", proxy_val,
         )
     )  # fmt: skip
     metrics = _job_metrics(ctx, ctx.job_id(cell))
-    return _training_result(ctx, cell, metrics, weights=weights, split=train_split)
+    return _training_result(
+        ctx, cell, metrics, weights=weights, split=proxy_train,
+        final_checkpoint=metrics.get("final_checkpoint"),
+    )  # fmt: skip
 
 
 def pick_grid_point(points: list[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -189,19 +229,47 @@ def pick_grid_point(points: list[Mapping[str, Any]]) -> Mapping[str, Any]:
 def run_grid(ctx: Context, cell: Cell) -> dict[str, Any]:
     points = [_dependency(ctx, key) for key in cell.deps]
     best = pick_grid_point(points)
+    grid = [{"weights": p["weights"], "proxy_val_pq": p["pq"]} for p in points]
+    if ctx.scale.held_out:
+        return _held_out_grid(ctx, cell, points, best, grid)
     flag = _weights_flag(best["weights"], model_loss_names(ctx.data_dir))
     ctx.children.run(_train_args(ctx, cell, "--strategy", "fixed", "--weights", flag))
     metrics = _job_metrics(ctx, ctx.job_id(cell))
-    result = _training_result(
-        ctx,
-        cell,
-        metrics,
-        weights=best["weights"],
-        grid=[{"weights": p["weights"], "proxy_val_pq": p["pq"]} for p in points],
-    )
+    result = _training_result(ctx, cell, metrics, weights=best["weights"], grid=grid)
     result["search_epochs"] = sum(p["epochs"] for p in points)
     result["search_wall_seconds"] = sum(p["wall_seconds"] or 0.0 for p in points)
     return result
+
+
+def _held_out_grid(
+    ctx: Context,
+    cell: Cell,
+    points: list[dict[str, Any]],
+    best: Mapping[str, Any],
+    grid: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The picked point's own model (trained on proxy-train like every row), scored on the
+    cell's split; its epochs are the row's own, the other points' its search."""
+    if eval_split(ctx.scale, cell.seed) == proxy_split_names(cell.seed)[1]:
+        scores = _scores(best)  # a dev seed: the pick is scored where it was picked
+    else:
+        scores = evaluate_checkpoint(ctx, cell, best["final_checkpoint"], 1)
+    others = [p for p in points if p is not best]
+    return new_result(
+        ctx.scale,
+        cell,
+        **_scores(scores),
+        epochs=best["epochs"],
+        search_epochs=sum(p["epochs"] for p in others),
+        wall_seconds=best["wall_seconds"],
+        search_wall_seconds=sum(p["wall_seconds"] or 0.0 for p in others),
+        diverged=None,
+        weights=best["weights"],
+        weights_history=best.get("weights_history"),
+        losses_history=best.get("losses_history"),
+        picked=best["key"],
+        grid=grid,
+    )
 
 
 def _dependency(ctx: Context, key: str) -> dict[str, Any]:
@@ -226,6 +294,8 @@ def _client(ctx: Context) -> Any:
 
 
 def _find_or_create_run(ctx: Context, cell: Cell, client: Any) -> dict[str, Any]:
+    """The cell's controller run: the paper's settings changed by the cell's run options
+    (any POST /v1/runs field, e.g. a search strategy), created on first use."""
     name = ctx.job_id(cell)
     for run in client.list_runs():
         if run.get("name") == name:
@@ -253,7 +323,9 @@ def _follow(client: Any, run_id: str, workers: list[Any], log_dir: Path) -> dict
             seen = item["round"]
             pqs = [c["pq"] for c in item["candidates"] if c.get("valid", True)]
             shown = ", ".join("div" if pq is None else f"{pq:.2f}" for pq in pqs)
-            weights = {k: float(f"{v:.3g}") for k, v in item["mean_weights"].items()}
+            # a search strategy without a policy (e.g. PBT in the controller) may have no mean
+            means = item.get("mean_weights") or {}
+            weights = {k: float(f"{v:.3g}") for k, v in means.items()}
             print(f"round {seen}/{run['rounds']}: PQ [{shown}] mean λ {weights}", flush=True)
         if run["status"] == "finished":
             return run
@@ -272,7 +344,7 @@ def round_summaries(run: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {
                 "round": item["round"],
-                "mean_weights": item["mean_weights"],
+                "mean_weights": item.get("mean_weights"),
                 "input_losses": item.get("input_losses"),
                 "best_member": item.get("best_member"),
                 "members": [
@@ -291,13 +363,16 @@ def _round_seconds(run: Mapping[str, Any]) -> float:
     return sum(item["completed_at"] - item["opened_at"] for item in run["history"])
 
 
-def _worker_argv(ctx: Context, run_id: str, worker_id: str) -> list[str]:
+def _worker_argv(ctx: Context, cell: Cell, run_id: str, worker_id: str) -> list[str]:
     """A worker that keeps its name across restarts, so a resumed benchmark gets its
     own unfinished lease back at once instead of waiting for it to expire."""
+    s = ctx.scale
+    held_out = ["--proxy-val", f"{s.proxy_val:g}"] if s.held_out else []
     return adaseg(
         "worker", "--controller", ctx.controller_url, "--run", run_id, "--data",
         str(ctx.data_dir), "--store", ctx.store_uri, "--device", "cpu", "--worker-id", worker_id,
-        "--batch-size", str(ctx.scale.batch_size), "--log-every", "50", "--model", MODEL,
+        "--batch-size", str(s.batch_size), "--log-every", "50", "--model", MODEL,
+        *optimiser_flags(s, cell), *held_out,
     )  # fmt: skip
 
 
@@ -309,7 +384,7 @@ def run_explore(ctx: Context, cell: Cell) -> dict[str, Any]:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         workers = [
             ctx.children.start(
-                _worker_argv(ctx, run["id"], f"{cell.key}-w{i}"),
+                _worker_argv(ctx, cell, run["id"], f"{cell.key}-w{i}"),
                 log=ctx.logs_dir / f"{cell.key}-worker-{i}.log",
                 env=env,
             )
@@ -319,7 +394,7 @@ def run_explore(ctx: Context, cell: Cell) -> dict[str, Any]:
     elif run["status"] == "failed":
         raise RuntimeError(f"run {run['id']} failed: {run.get('failure')}")
     best = run["best"]
-    scores = evaluate_checkpoint(ctx, best["checkpoint_uri"], ctx.scale.workers)
+    scores = evaluate_checkpoint(ctx, cell, best["checkpoint_uri"], ctx.scale.workers)
     trained = sum(1 for item in run["history"] for c in item["candidates"] if c.get("valid", True))
     return new_result(
         ctx.scale,
@@ -349,7 +424,7 @@ def run_transfer(ctx: Context, cell: Cell) -> dict[str, Any]:
             "--mode", cell.params["mode"], "--data", str(ctx.data_dir), "--store", ctx.store_uri,
             "--device", "cpu", "--batch-size", str(s.batch_size), "--epochs", str(s.epochs),
             "--seed", str(cell.seed), "--transfer-id", ctx.job_id(cell), "--log-every", "50",
-            "--model", MODEL,
+            "--model", MODEL, *optimiser_flags(s, cell), *split_flags(s, cell),
         )
     )  # fmt: skip
     metrics = _job_metrics(ctx, ctx.job_id(cell))
@@ -363,18 +438,67 @@ def run_transfer(ctx: Context, cell: Cell) -> dict[str, Any]:
 
 
 def run_untrained(ctx: Context, cell: Cell) -> dict[str, Any]:
-    """The exploration's round-1 mean λ, π⁰(l¹)/l¹ (the policy before any Eq. 6 update, on
-    the pseudo epoch's losses), held fixed for a whole training: the controller minus its
-    learning. Its search is the pseudo epoch alone."""
-    (explore_key,) = cell.deps
-    explore = _dependency(ctx, explore_key)
-    weights = next(r for r in explore["rounds"] if r["round"] == 1)["mean_weights"]
+    """The round-1 mean λ, π⁰(l¹)/l¹ (the policy before any Eq. 6 update, on the pseudo
+    epoch's losses), held fixed for a whole training: the controller minus its learning.
+    Its search is the pseudo epoch alone (issue 7 read it from the whole exploration; a
+    held-out scale runs the pseudo epoch alone)."""
+    (source_key,) = cell.deps
+    source = _dependency(ctx, source_key)
+    if source["kind"] == PSEUDO:
+        weights = source["mean_weights"]
+    else:
+        weights = next(r for r in source["rounds"] if r["round"] == 1)["mean_weights"]
     flag = _weights_flag(weights, model_loss_names(ctx.data_dir))
-    ctx.children.run(_train_args(ctx, cell, "--strategy", "fixed", "--weights", flag))
+    ctx.children.run(
+        _train_args(
+            ctx, cell, "--strategy", "fixed", "--weights", flag, *split_flags(ctx.scale, cell)
+        )
+    )
     metrics = _job_metrics(ctx, ctx.job_id(cell))
-    result = _training_result(ctx, cell, metrics, weights=weights, policy_run=explore["run_id"])
+    result = _training_result(ctx, cell, metrics, weights=weights, policy_run=source["run_id"])
     result["search_epochs"] = 1
     return result
+
+
+def run_pseudo(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """Round 0 of a controller run alone: one worker trains the pseudo epoch (weights 1,
+    from the common initial model, at round 1's place in the schedule) and stops; the
+    controller then holds l¹ and round 1's mean λ = π⁰(l¹)/l¹. The run stays open at round
+    1 (nothing leases it again); an exploration is a run of its own."""
+    client = _client(ctx)
+    run = _find_or_create_run(ctx, cell, client)
+    if run["round"] == 0 and run["status"] == "running":
+        argv = _worker_argv(ctx, cell, run["id"], f"{cell.key}-w0") + ["--max-assignments", "1"]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        worker = ctx.children.start(argv, log=ctx.logs_dir / f"{cell.key}-worker.log", env=env)
+        while True:
+            run = client.get_run(run["id"])
+            if run["round"] >= 1 or run["status"] != "running":
+                break
+            if worker.poll() is not None:
+                raise RuntimeError(f"the pseudo-epoch worker exited ({worker.returncode})")
+            time.sleep(1.0)
+        worker.wait(timeout=60)
+    if run["status"] == "failed" or not run["history"] or run["current"] is None:
+        raise RuntimeError(f"run {run['id']} has no round 1: {run.get('failure')}")
+    pseudo = run["history"][0]
+    member = pseudo["candidates"][0] if pseudo["candidates"] else {}
+    return new_result(
+        ctx.scale,
+        cell,
+        pq=member.get("pq"),  # on proxy-val, after the pseudo epoch
+        pq_th=None,
+        pq_st=None,
+        epochs=1,
+        search_epochs=0,
+        wall_seconds=round(pseudo["completed_at"] - pseudo["opened_at"], 3),
+        search_wall_seconds=0.0,
+        diverged=None,
+        run_id=run["id"],
+        run_config=run["config"],
+        initial_losses=run["initial_losses"],
+        mean_weights=run["current"]["mean_weights"],
+    )
 
 
 # -- the PBT-like baseline -----------------------------------------------------------------------
@@ -382,6 +506,7 @@ def run_untrained(ctx: Context, cell: Cell) -> dict[str, Any]:
 
 def run_pbt_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     from bench.effectiveness.pbt import PbtConfig, final_best, run_pbt, trained_members
+    from trainer_image.engine.config import TrainConfig
     from trainer_image.jobs.session import DataOptions
 
     s = ctx.scale
@@ -397,11 +522,17 @@ def run_pbt_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     data = DataOptions(
         root=ctx.data_dir, split="train", proxy_val=s.proxy_val, batch_size=s.batch_size
     )
-    state = run_pbt(config, ctx.store_uri, data, ctx.work_dir / "pbt" / f"{job}.json", s.workers)
+    train = TrainConfig(
+        **({} if s.lr is None else {"lr": s.lr}),
+        head_lr_scaling=cell.params.get("head_lr") != PLAIN_HEADS,
+    )
+    state = run_pbt(
+        config, ctx.store_uri, data, ctx.work_dir / "pbt" / f"{job}.json", s.workers, train=train
+    )
     best = final_best(state)
     if best is None:
         raise RuntimeError("every PBT member diverged")
-    scores = evaluate_checkpoint(ctx, best["checkpoint_uri"], s.workers)
+    scores = evaluate_checkpoint(ctx, cell, best["checkpoint_uri"], s.workers)
     rounds = [
         {
             "round": r["round"],
@@ -436,6 +567,7 @@ RUNNERS = {
     TRANSFER: run_transfer,
     PBT: run_pbt_cell,
     UNTRAINED: run_untrained,
+    PSEUDO: run_pseudo,
 }
 
 

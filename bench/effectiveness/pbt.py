@@ -209,7 +209,7 @@ class LocalReports:
 _WORKER: Any = None  # one per pool process: it keeps the decoded proxy-val ground truth
 
 
-def _init_process(config: PbtConfig, store_uri: str, data: Any, batch_size: int) -> None:
+def _init_process(config: PbtConfig, store_uri: str, data: Any, train: Any) -> None:
     import torch
 
     from controller_service.contract.store import open_store
@@ -220,6 +220,8 @@ def _init_process(config: PbtConfig, store_uri: str, data: Any, batch_size: int)
     setup_logging("info")
     torch.set_num_threads(1)
     options = WorkerOptions(run=config.run_id, data=data, worker_id=f"pbt-{os.getpid()}")
+    if train is not None:  # the optimiser settings of the benchmark's scale
+        options.train = train
     worker = Worker(LocalReports(), open_store(store_uri), options)
     worker.seed = config.seed
     worker.loss_names = list(config.loss_names)
@@ -238,11 +240,13 @@ def run_pbt(
     state_path: Path,
     processes: int,
     progress: Callable[[str], None] = print,
+    train: Any = None,
 ) -> dict[str, Any]:
     """Train every round (resuming from ``state_path``); returns the final state.
 
     ``data`` is the workers' ``DataOptions`` (the proxy split is carved from
-    its ``split`` with the run's seed, as the exploration's workers do).
+    its ``split`` with the run's seed, as the exploration's workers do); ``train`` their
+    ``TrainConfig`` (None: the workers' default).
     """
     from controller_service.contract.keys import init_checkpoint_key
     from controller_service.contract.store import open_store
@@ -258,7 +262,7 @@ def run_pbt(
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
     with context.Pool(
-        processes, initializer=_init_process, initargs=(config, store_uri, data, data.batch_size)
+        processes, initializer=_init_process, initargs=(config, store_uri, data, train)
     ) as pool:
         record: dict[str, Any] | None = state["rounds"][-1]
         while record is not None:

@@ -8,17 +8,28 @@ The aggregation is pure: results in, table rows out.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import statistics
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.effectiveness.plan import ROWS, Cell, Row, Scale, cell_spec, plan, spec_hash
+from bench.effectiveness.plan import (
+    ROWS,
+    Cell,
+    Row,
+    Scale,
+    cell_key,
+    cell_spec,
+    plan,
+    spec_hash,
+)
 
 RESULT_FORMAT = "adaseg-effectiveness-cell/v1"
 METRICS = ("pq", "pq_th", "pq_st")
@@ -168,6 +179,107 @@ def table(
             )
         )
     return rows
+
+
+# -- paired comparisons over seeds --------------------------------------------------------------
+
+EXACT_BOOTSTRAP_MAX_N = 8  # C(2n-1, n) distinct resamples: 6,435 at n = 8
+MONTE_CARLO_RESAMPLES = 20_000
+
+
+def bootstrap_distribution(values: Sequence[float]) -> list[tuple[float, float]]:
+    """The bootstrap distribution of the mean of ``values``, exact: (mean, probability) per
+    distinct mean, ascending. A resample of n values drawn with replacement is a multiset
+    of indices; its probability is the multinomial n! / (k_1! ... k_n!) / n^n of its counts."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    total = n**n
+    merged: dict[float, float] = {}
+    for picks in itertools.combinations_with_replacement(range(n), n):
+        ways = math.factorial(n)
+        for count in Counter(picks).values():
+            ways //= math.factorial(count)
+        mean = round(math.fsum(values[i] for i in picks) / n, 12)
+        merged[mean] = merged.get(mean, 0.0) + ways / total
+    return sorted(merged.items())
+
+
+def bootstrap_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over seeds: the (1-level)/2 and
+    (1+level)/2 quantiles of the resampled means, each the smallest mean whose cumulative
+    probability reaches it (the inverted-CDF quantile). Exact up to EXACT_BOOTSTRAP_MAX_N
+    values, else from MONTE_CARLO_RESAMPLES seeded resamples. With few seeds it cannot
+    reach past the smallest or largest value, so it is narrow, not conservative."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    values = [float(v) for v in values]
+    if len(values) <= EXACT_BOOTSTRAP_MAX_N:
+        distribution = bootstrap_distribution(values)
+    else:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        picks = rng.integers(0, len(values), size=(MONTE_CARLO_RESAMPLES, len(values)))
+        means = np.asarray(values)[picks].mean(axis=1)
+        distribution = sorted((float(m), 1.0 / MONTE_CARLO_RESAMPLES) for m in means)
+    return _quantile(distribution, (1 - level) / 2), _quantile(distribution, (1 + level) / 2)
+
+
+def _quantile(distribution: Sequence[tuple[float, float]], q: float) -> float:
+    cumulative = 0.0
+    for value, probability in distribution:
+        cumulative += probability
+        if cumulative >= q - 1e-12:  # sums of probabilities carry rounding error
+            return value
+    return distribution[-1][0]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """PQ(row) − PQ(baseline) over the seeds where both are done (same seed: same initial
+    model, data order and splits), with a 95 % bootstrap interval and the wins per seed."""
+
+    diffs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    interval: tuple[float, float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.diffs)
+
+    @property
+    def wins(self) -> int:
+        return sum(1 for d in self.diffs if d > 0)
+
+    @property
+    def losses(self) -> int:
+        return sum(1 for d in self.diffs if d < 0)
+
+    def format(self) -> str:
+        low, high = self.interval
+        return f"{self.mean:+.2f} [{low:+.2f}, {high:+.2f}], {self.wins}–{self.losses}"
+
+
+def paired(
+    results: Mapping[str, Mapping[str, Any]],
+    scale: Scale,
+    row: str,
+    baseline: str,
+    seeds: Sequence[int],
+    metric: str = "pq",
+) -> Paired | None:
+    """The paired comparison of ``row`` against ``baseline``; None without a common seed."""
+    diffs, done = [], []
+    for seed in seeds:
+        a = results.get(cell_key(scale, row, seed))
+        b = results.get(cell_key(scale, baseline, seed))
+        if a and b and a.get(metric) is not None and b.get(metric) is not None:
+            diffs.append(float(a[metric]) - float(b[metric]))
+            done.append(seed)
+    if not diffs:
+        return None
+    return Paired(tuple(diffs), tuple(done), bootstrap_interval(diffs))
 
 
 def load_all(results_dir: Path) -> dict[str, dict[str, Any]]:

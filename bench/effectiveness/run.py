@@ -1,9 +1,14 @@
-"""The effectiveness benchmark (issue 7): the paper's comparison tables at small scale.
+"""The effectiveness benchmark (issues 7 and 12): the paper's comparison tables.
 
     .venv/bin/python bench/effectiveness/run.py                      # small scale, seeds 0 1 2
     .venv/bin/python bench/effectiveness/run.py --scale smoke        # the harness in minutes
     .venv/bin/python bench/effectiveness/run.py --rows equal ensemble --seeds 0
     .venv/bin/python bench/effectiveness/run.py --report-only        # README from results/
+    # the held-out protocol (README, "Protocol"): dev seeds, then a committed freeze, then test
+    .venv/bin/python bench/effectiveness/run.py --scale medium --phase dev --rows equal untrained
+    .venv/bin/python bench/effectiveness/run.py --scale medium --freeze equal untrained
+    git add bench/effectiveness/frozen/medium.json && git commit -m "medium: settings frozen"
+    .venv/bin/python bench/effectiveness/run.py --scale medium --phase test --rows equal untrained
 
 Every cell (a row for one seed, or one grid point) runs as its own process and
 writes ``results/<cell-key>.json`` when done; a rerun skips the done cells,
@@ -17,8 +22,10 @@ with the missing ones marked pending.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -31,15 +38,27 @@ if str(REPO) not in sys.path:  # run as a script: make `bench.effectiveness` imp
     sys.path.insert(0, str(REPO))
 
 from bench.effectiveness.plan import (  # noqa: E402
+    DEV,
     EXPLORE,
     GRID_POINT,
+    PHASES,
+    PSEUDO,
     ROWS,
     SCALES,
+    TEST,
     TRANSFER,
     Cell,
     Scale,
     default_row_names,
+    phase_seeds,
     plan,
+)
+from bench.effectiveness.protocol import (  # noqa: E402
+    FrozenFile,
+    freeze_problems,
+    frozen_document,
+    phase_seed_problems,
+    problems_before_test,
 )
 from bench.effectiveness.results import done_results, table, write_result  # noqa: E402
 from pipelines.local import ChildProcesses, adaseg, stop_signals_as_interrupt  # noqa: E402
@@ -60,25 +79,35 @@ class Paths:
     logs: Path
     results: Path
     report: Path
+    frozen: Path | None = None  # a held-out scale's frozen settings (protocol.py)
 
     @property
     def store_uri(self) -> str:
         return self.store.as_uri()
 
 
+# The committed scales: results in results/ (cell keys start with the scale's name), the
+# report where it is read: medium's is the benchmark's README, small's (issue 7) in small/.
+COMMITTED_REPORTS = {"medium": ".", "small": "small"}
+
+
 def paths_for(scale: Scale, bench_dir: Path = BENCH_DIR) -> Paths:
-    """The small scale's results and report are the committed ones; any other scale
+    """The committed scales' results and reports are in the repository; any other scale
     (smoke) keeps everything under the ignored ``work/<scale>/``."""
     work = bench_dir / "work" / scale.name
     data = work / f"data-{scale.images}-{scale.val_images}-{scale.size}-{scale.data_seed}"
-    committed = scale.name == "small"
+    report = COMMITTED_REPORTS.get(scale.name)
+    # Frozen settings are committed for the committed scales; the others' (smoke-heldout)
+    # are under the ignored work/, where git never sees them: their test phase is refused.
+    frozen = work / "frozen.json" if report is None else bench_dir / "frozen" / f"{scale.name}.json"
     return Paths(
         work=work,
         data=data,
         store=work / "store",
         logs=work / "logs",
-        results=bench_dir / "results" if committed else work / "results",
-        report=bench_dir if committed else work,
+        results=work / "results" if report is None else bench_dir / "results",
+        report=work if report is None else (bench_dir / report).resolve(),
+        frozen=frozen,
     )
 
 
@@ -150,14 +179,20 @@ def machine() -> str:
 
 
 def command_line(args: argparse.Namespace) -> str:
+    scale = SCALES[args.scale]
     parts = [".venv/bin/python bench/effectiveness/run.py", f"--scale {args.scale}"]
-    parts.append("--seeds " + " ".join(map(str, args.seeds)))
-    if sorted(args.rows) != sorted(default_row_names()):
+    if scale.held_out:
+        parts.append(f"--phase {args.phase}")
+    else:
+        parts.append("--seeds " + " ".join(map(str, args.seeds)))
+    if sorted(args.rows) != sorted(default_row_names(scale)):
         parts.append("--rows " + " ".join(args.rows))
     return " ".join(parts)
 
 
 def render_report(args: argparse.Namespace, scale: Scale, paths: Paths) -> Path:
+    if scale.held_out:
+        return render_held_out_report(args, scale, paths)
     from bench.effectiveness.report import render
 
     cells = plan(scale, args.rows, args.seeds)
@@ -174,6 +209,73 @@ def render_report(args: argparse.Namespace, scale: Scale, paths: Paths) -> Path:
         command=command_line(args),
         machine=machine(),
     )
+
+
+def render_held_out_report(args: argparse.Namespace, scale: Scale, paths: Paths) -> Path:
+    """Both phases' tables (the scale's default rows and any other row with results)."""
+    from bench.effectiveness.report import PhaseTable, render_held_out
+
+    rows = list(dict.fromkeys([*default_row_names(scale), *args.rows]))
+    phases = {}
+    for phase in PHASES:
+        seeds = list(phase_seeds(scale, phase))
+        cells = plan(scale, rows, seeds)
+        results = done_results(paths.results, scale, cells)
+        phases[phase] = PhaseTable(
+            phase=phase,
+            seeds=seeds,
+            cells=cells,
+            rows=table(scale, rows, seeds, results),
+            results=results,
+        )
+    return render_held_out(
+        paths.report,
+        scale=scale,
+        phases=phases,
+        frozen=read_frozen(paths.frozen),
+        machine=machine(),
+    )
+
+
+# -- the held-out protocol's git facts (protocol.py decides) ---------------------------------------
+
+
+def read_frozen(path: Path | None) -> FrozenFile:
+    """A frozen-settings file and what git says of it: the last commit that changed it, and
+    whether the working tree's file is that commit's (no change, not untracked, not ignored)."""
+    if path is None or not path.exists():
+        return FrozenFile(None, None, False)
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        document = {}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(path.parent), *args, "--", path.name], capture_output=True, text=True
+        )
+
+    tracked = git("ls-files", "--error-unmatch").returncode == 0
+    log = git("log", "-1", "--format=%H")
+    commit = (log.stdout.strip() or None) if tracked and log.returncode == 0 else None
+    status = git("status", "--porcelain")
+    clean = commit is not None and status.returncode == 0 and not status.stdout.strip()
+    return FrozenFile(document, commit, clean)
+
+
+def freeze(args: argparse.Namespace, scale: Scale, paths: Paths) -> int:
+    """Write the frozen settings of ``args.freeze``; committing the file is the user's step."""
+    existing = {p.stem for p in Path(paths.results).glob(f"{scale.name}-*.json")}
+    problems = freeze_problems(scale, args.freeze, existing)
+    if problems:
+        print("cannot freeze:\n  " + "\n  ".join(problems))
+        return 2
+    path = paths.frozen
+    document = frozen_document(scale, args.freeze, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}; commit it, then run --phase test")
+    return 0
 
 
 def ensure_data(scale: Scale, paths: Paths, children: ChildProcesses) -> None:
@@ -209,6 +311,15 @@ def start_controller(paths: Paths, children: ChildProcesses) -> tuple[str, objec
 
 
 def run_all(args: argparse.Namespace, scale: Scale, paths: Paths) -> int:
+    if scale.held_out:
+        problems = phase_seed_problems(scale, args.phase, args.seeds)
+        if args.phase == TEST:
+            frozen = read_frozen(paths.frozen)
+            problems += problems_before_test(scale, args.rows, frozen)
+            args.frozen_commit = frozen.commit
+        if problems:
+            print(f"refusing to run the {args.phase} phase:\n  " + "\n  ".join(problems))
+            return 2
     cells = plan(scale, args.rows, args.seeds)
     done = set(done_results(paths.results, scale, cells))
     pending = [c for c in cells if c.key not in done]
@@ -249,10 +360,10 @@ def _schedule(
 
     ensure_data(scale, paths, children)
     todo = [c for c in cells if c.key not in done]
-    for seed in sorted({c.seed for c in todo if c.kind == GRID_POINT}):
+    for seed in sorted({c.seed for c in todo if c.kind == GRID_POINT or scale.held_out}):
         ensure_proxy_splits(paths.data, seed, scale.proxy_val)
     url, controller = None, None
-    if any(c.kind in (EXPLORE, TRANSFER) for c in todo):
+    if any(c.kind in (EXPLORE, TRANSFER, PSEUDO) for c in todo):
         url, controller = start_controller(paths, children)
     running: dict[int, tuple[Cell, float]] = {}
     finished: list[tuple[Cell, float]] = []
@@ -316,8 +427,12 @@ def _start_cell(
 ) -> object:
     argv = [sys.executable, str(RUN_PY), "--scale", scale.name, "--seeds", str(cell.seed)]
     argv += ["--jobs", str(args.jobs), "--cell", cell.key]
+    if scale.held_out:
+        argv += ["--phase", args.phase]
     if url:
         argv += ["--controller", url]
+    if getattr(args, "frozen_commit", None):
+        argv += ["--frozen-commit", args.frozen_commit]
     threads = str(min(cell.slots, args.jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     return children.start(argv, log=paths.logs / f"{cell.key}.log", env=env, cwd=REPO)
@@ -348,6 +463,8 @@ def run_one_cell(args: argparse.Namespace, scale: Scale, paths: Paths) -> int:
                 controller_url=args.controller,
             )
             result = run_cell(ctx, cell)
+            if args.frozen_commit:  # a test cell: the commit whose settings it ran with
+                result["frozen_commit"] = args.frozen_commit
             path = write_result(paths.results, result)
             print(f"wrote {path}: PQ {result.get('pq')}", flush=True)
             return 0
@@ -366,14 +483,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="bench/effectiveness/run.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the scale's")
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        default=None,
+        help="held-out scales: dev (seeds scored on proxy-val; the default) or test (seeds "
+        "scored on val; only rows whose settings are frozen and committed)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default: the scale's (the phase's)"
+    )
     parser.add_argument(
         "--rows",
         nargs="+",
         default=None,
         choices=list(ROWS),
         metavar="ROW",
-        help=f"default: {' '.join(default_row_names())}; all: {' '.join(ROWS)}",
+        help=f"default: the scale's, e.g. {' '.join(default_row_names())}; all: {' '.join(ROWS)}",
+    )
+    parser.add_argument(
+        "--freeze",
+        nargs="+",
+        choices=list(ROWS),
+        metavar="ROW",
+        help="held-out scales: record these rows' current settings in frozen/<scale>.json",
     )
     parser.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="processes at a time (cores)"
@@ -381,10 +514,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="render README and plots only")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run this one cell
     parser.add_argument("--controller", help=argparse.SUPPRESS)
+    parser.add_argument("--frozen-commit", help=argparse.SUPPRESS)  # internal: a test cell's
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
-    args.seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else scale.seeds))
-    args.rows = list(dict.fromkeys(args.rows or default_row_names()))
+    if scale.held_out:
+        args.phase = args.phase or DEV
+        default_seeds = phase_seeds(scale, args.phase)
+    elif args.phase is not None or args.freeze:
+        parser.error(f"scale {scale.name!r} has no dev/test phases (issue 7's protocol)")
+    else:
+        default_seeds = scale.seeds
+    args.seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else default_seeds))
+    args.rows = list(dict.fromkeys(args.rows or default_row_names(scale)))
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     return args
@@ -396,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = paths_for(scale)
     if args.cell:
         return run_one_cell(args, scale, paths)
+    if args.freeze:
+        return freeze(args, scale, paths)
     if args.report_only:
         print(f"report: {render_report(args, scale, paths)}")
         return 0
