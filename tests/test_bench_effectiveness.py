@@ -16,16 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from bench.effectiveness import pbt
 from bench.effectiveness.plan import (
     DEV,
     EXPLORE,
     GRID,
     GRID_POINT,
     LEGACY_ROWS,
+    PBT,
     PLAIN_HEADS,
     PSEUDO,
     SCALED_HEADS,
@@ -33,6 +32,7 @@ from bench.effectiveness.plan import (
     TEST,
     TRANSFER,
     UNTRAINED,
+    VARIANTS,
     Cell,
     cell_spec,
     default_row_names,
@@ -293,57 +293,54 @@ def test_cached_benchmark_runs_nothing_and_renders_the_report(tmp_path: Path) ->
     assert (tmp_path / "weights.png").stat().st_size > 0
 
 
-# -- PBT-like baseline ------------------------------------------------------------------------
+# -- controller runs --------------------------------------------------------------------------
 
 
-def test_perturb_is_lognormal_per_loss() -> None:
-    weights = {"semantic": 1.0, "center": 200.0, "offset": 0.01}
-    got = pbt.perturb(weights, np.random.default_rng(3), sigma=0.5)
-    eps = np.random.default_rng(3).normal(0.0, 0.5, size=3)
-    assert got == pytest.approx(
-        {k: v * np.exp(e) for (k, v), e in zip(weights.items(), eps, strict=True)}
-    )
+def test_pbt_runs_through_the_service_strategy_and_variants_change_the_papers_settings() -> None:
+    from bench.effectiveness.cells import run_options
+    from controller_service.runs import PAPER_SETTINGS, RunSpec
+
+    loss_names = ("semantic", "center", "offset")
+    (pbt_cell,) = [c for c in plan(MEDIUM, ["pbt"], [0]) if c.kind == PBT]
+    assert run_options(pbt_cell) == {"strategy": "pbt", "sigma": MEDIUM.pbt_sigma}
+    (explore,) = [c for c in plan(MEDIUM, ["ada-a-local-plr5e-3-rel0.5"], [0])]
+    options = run_options(explore)
+    assert options == {**PAPER_SETTINGS, **VARIANTS["local-plr5e-3-rel0.5"]}
+    # both are requests the service accepts (PBT takes none of Ada-Segment's options)
+    pbt_spec = RunSpec.from_request({"loss_names": loss_names, **run_options(pbt_cell)})
+    assert pbt_spec.strategy == "pbt"
+    assert RunSpec.from_request({"loss_names": loss_names, **options}).policy_lr == 5e-3
 
 
-def _complete(record: dict, pqs: list[float | None]) -> None:
-    record["results"] = [
-        None if pq is None else {"pq": pq, "checkpoint_uri": f"ckpt-r{record['round']}-m{j}"}
-        for j, pq in enumerate(pqs)
-    ]
-    for j, pq in enumerate(pqs):
-        if pq is None:
-            record["results"][j] = {"pq": None, "diverged": "nan", "checkpoint_uri": None}
+def test_smoke_benchmark_runs_pbt_and_ada_segment_through_the_service(tmp_path: Path) -> None:
+    from bench.effectiveness.cells import model_loss_names
 
-
-def test_pbt_rounds_broadcast_the_best_member() -> None:
-    config = pbt.PbtConfig("pbt-x", ("a", "b"), population=3, rounds=3, sigma=0.5, seed=7)
-    state = pbt.new_state(config, "init-uri")
-    assert state["rounds"][0]["weights"] == [{"a": 1.0, "b": 1.0}]
-    _complete(state["rounds"][0], [4.0])
-    first = pbt.open_next_round(state, config)
-    # round 1 restarts from the initial model, parent = the pseudo epoch's ones
-    assert first["init_checkpoint_uri"] == "init-uri"
-    assert first["parent_weights"] == {"a": 1.0, "b": 1.0}
-    rng = pbt.round_rng(7, 1)
-    assert first["weights"] == [pbt.perturb({"a": 1.0, "b": 1.0}, rng, 0.5) for _ in range(3)]
-    with pytest.raises(ValueError, match="not complete"):
-        pbt.open_next_round(state, config)
-    _complete(first, [5.0, 6.0, 6.0])  # tie: the lower member wins
-    assert pbt.best_member(first) == 1
-    second = pbt.open_next_round(state, config)
-    assert second["init_checkpoint_uri"] == "ckpt-r1-m1"
-    assert second["parent_weights"] == first["weights"][1]
-    _complete(second, [None, None, None])  # all diverged: round 1's best stays
-    third = pbt.open_next_round(state, config)
-    assert third["init_checkpoint_uri"] == "ckpt-r1-m1"
-    _complete(third, [7.0, None, 2.0])
-    assert pbt.open_next_round(state, config) is None  # after the last round
-    assert pbt.final_best(state)["checkpoint_uri"] == "ckpt-r3-m0"
-    assert pbt.trained_members(state) == 1 + 3 * 3
-    task = pbt.assignment(config, third, 2, lambda key: f"file:///s/{key}")
-    assert task["id"] == "r003-m02-a1"
-    assert (task["epoch"], task["epochs"]) == (2, 3)
-    assert task["checkpoint_uri"] == "file:///s/runs/pbt-x/checkpoints/r003-m02.pt"
+    """End to end at the smoke scale: run_all starts a real controller and real workers;
+    the PBT row is a `pbt` run of the service, Ada-Segment-A an `ada-segment` run, and the
+    untrained row reads the exploration's round-1 mean."""
+    paths = paths_for(SMOKE, work_root=tmp_path)
+    rows, seeds = ["pbt", "untrained"], [0]
+    args = argparse.Namespace(scale="smoke", seeds=seeds, rows=rows, jobs=2)
+    assert run_all(args, SMOKE, paths) == 0, sorted(p.name for p in paths.logs.iterdir())
+    results = done_results(paths.results, SMOKE, plan(SMOKE, rows, seeds))
+    pbt_result, explore = results["smoke-pbt-s0"], results["smoke-ada-a-s0"]
+    assert pbt_result["run_config"]["strategy"] == "pbt"
+    assert explore["run_config"]["strategy"] == "ada-segment"
+    for result in (pbt_result, explore):
+        rounds = result["rounds"]
+        assert [r["round"] for r in rounds] == [0, 1, 2]  # the pseudo epoch and T = 2
+        assert [len(r["members"]) for r in rounds] == [1, 2, 2]
+        assert result["epochs"] == 1 + 2 * 2
+        assert result["best"]["round"] >= 1 and 0 <= result["pq"] <= 100
+    # PBT: no policy; round t's parent is round t-1's best member (all 1 after round 0)
+    assert all(r["mean_weights"] is None for r in pbt_result["rounds"])
+    first, second = pbt_result["rounds"][1], pbt_result["rounds"][2]
+    assert first["strategy"]["parent_weights"] == [1.0, 1.0, 1.0]
+    best = first["members"][first["best_member"]]["weights"]
+    names = model_loss_names(paths.data)  # the run's order (result files sort their keys)
+    assert second["strategy"]["parent_weights"] == pytest.approx([best[n] for n in names])
+    untrained = results["smoke-untrained-s0"]
+    assert untrained["weights"] == explore["rounds"][1]["mean_weights"]
 
 
 # -- process helpers --------------------------------------------------------------------------

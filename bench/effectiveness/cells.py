@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.effectiveness.plan import (
     EXPLORE,
@@ -46,7 +46,18 @@ from bench.effectiveness.plan import (
     train_split,
 )
 from bench.effectiveness.results import new_result, read_result
-from pipelines.local import ChildProcesses, adaseg
+from pipelines.local import (
+    ChildProcesses,
+    adaseg,
+    env_with_threads,
+    find_or_create_run,
+    follow,
+    worker_argv,
+)
+
+if TYPE_CHECKING:
+    from controller_service.contract.client import ControllerClient
+    from controller_service.contract.schemas import RunRecord
 
 MODEL = "panoptic_deeplab"
 REPO = Path(__file__).resolve().parents[2]
@@ -283,7 +294,7 @@ def _dependency(ctx: Context, key: str) -> dict[str, Any]:
 # -- the exploration and the transfer runs -------------------------------------------------------
 
 
-def _client(ctx: Context) -> Any:
+def _client(ctx: Context) -> ControllerClient:
     from controller_service.contract.client import ControllerClient
 
     if ctx.controller_url is None:
@@ -293,68 +304,63 @@ def _client(ctx: Context) -> Any:
     return client
 
 
-def _find_or_create_run(ctx: Context, cell: Cell, client: Any) -> dict[str, Any]:
-    """The cell's controller run: the paper's settings changed by the cell's run options
-    (any POST /v1/runs field, e.g. a search strategy), created on first use."""
-    name = ctx.job_id(cell)
-    for run in client.list_runs():
-        if run.get("name") == name:
-            return run
+def run_options(cell: Cell) -> dict[str, Any]:
+    """The POST /v1/runs options of a cell's run: an Ada-Segment variant changes the paper's
+    settings (``PAPER_SETTINGS``); another strategy (PBT) takes its own options as given."""
     from controller_service.runs import PAPER_SETTINGS
 
+    if cell.kind == PBT:
+        return {"strategy": "pbt", "sigma": float(cell.params["sigma"])}
+    options = dict(cell.params["run_options"])
+    if options.get("strategy", "ada-segment") != "ada-segment":
+        return options
+    return {**PAPER_SETTINGS, **options}
+
+
+def _run(ctx: Context, cell: Cell, client: ControllerClient) -> RunRecord:
+    """The cell's controller run, created on first use (a resumed benchmark finds it)."""
     s = ctx.scale
-    return client.create_run(
+    run, _ = find_or_create_run(
+        client,
+        ctx.job_id(cell),
         model_loss_names(ctx.data_dir),
         population=s.population,
         rounds=s.rounds,
         seed=cell.seed,
-        name=name,
-        **{**PAPER_SETTINGS, **cell.params["run_options"]},  # a variant changes the paper's
+        **run_options(cell),
     )
+    return run
 
 
-def _follow(client: Any, run_id: str, workers: list[Any], log_dir: Path) -> dict[str, Any]:
-    """Wait for the run to finish, printing each completed round; fail if every worker died."""
-    seen = -1
-    while True:
-        run = client.get_run(run_id)
-        if run["history"] and run["history"][-1]["round"] != seen:
-            item = run["history"][-1]
-            seen = item["round"]
-            pqs = [c["pq"] for c in item["candidates"] if c.get("valid", True)]
-            shown = ", ".join("div" if pq is None else f"{pq:.2f}" for pq in pqs)
-            # a search strategy without a policy (e.g. PBT in the controller) may have no mean
-            means = item.get("mean_weights") or {}
-            weights = {k: float(f"{v:.3g}") for k, v in means.items()}
-            print(f"round {seen}/{run['rounds']}: PQ [{shown}] mean λ {weights}", flush=True)
-        if run["status"] == "finished":
-            return run
-        if run["status"] == "failed":
-            raise RuntimeError(f"run {run_id} failed: {run.get('failure')}")
-        if workers and all(proc.poll() is not None for proc in workers):
-            raise RuntimeError(f"every worker exited before run {run_id} finished; see {log_dir}")
-        time.sleep(2.0)
+def _with_history(client: ControllerClient, run_id: str) -> dict[str, Any]:
+    return client.get_run(run_id, history=True).model_dump(mode="json")
 
 
 def round_summaries(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per round: the policy's mean λ, each trained member's λ and PQ, the best member."""
-    out = []
-    for item in run["history"]:
-        members = [c for c in item["candidates"] if c.get("valid", True)]
-        out.append(
-            {
-                "round": item["round"],
-                "mean_weights": item.get("mean_weights"),
-                "input_losses": item.get("input_losses"),
-                "best_member": item.get("best_member"),
-                "members": [
-                    {"weights": c["weights"], "pq": c["pq"], "reward": c.get("reward")}
-                    for c in members
-                ],
-                "invalid_draws": len(item["candidates"]) - len(members),
-            }
-        )
-    return out
+    """Per round: the policy's mean λ (none without a policy), each member's λ, outcome and
+    PQ, the best member (an index into ``members``) and the strategy's own summary (PBT: the
+    parent's weights)."""
+    return [
+        {
+            "round": item["round"],
+            "mean_weights": item["mean_weights"],
+            "input_losses": item["input_losses"],
+            "best_member": item["best_member"],
+            "members": [
+                {
+                    "weights": c["weights"],
+                    "outcome": c["outcome"],
+                    "pq": c["pq"],
+                    "reward": c["reward"],
+                    "clipped": c["clipped"],
+                }
+                for c in item["candidates"]
+            ],
+            "invalid_draws": item["invalid_draws"],
+            "strategy": item["strategy"],
+        }
+        for item in run["history"]
+    ]
 
 
 def _round_seconds(run: Mapping[str, Any]) -> float:
@@ -368,48 +374,52 @@ def _worker_argv(ctx: Context, cell: Cell, run_id: str, worker_id: str) -> list[
     own unfinished lease back at once instead of waiting for it to expire."""
     s = ctx.scale
     held_out = ["--proxy-val", f"{s.proxy_val:g}"] if s.held_out else []
-    return adaseg(
-        "worker", "--controller", ctx.controller_url, "--run", run_id, "--data",
-        str(ctx.data_dir), "--store", ctx.store_uri, "--device", "cpu", "--worker-id", worker_id,
-        "--batch-size", str(s.batch_size), "--log-every", "50", "--model", MODEL,
-        *optimiser_flags(s, cell), *held_out,
-    )  # fmt: skip
+    assert ctx.controller_url is not None
+    return worker_argv(
+        ctx.controller_url, run_id, ctx.data_dir, ctx.store_uri, worker_id, device="cpu",
+        batch_size=s.batch_size, log_every=50, model=MODEL,
+    ) + [*optimiser_flags(s, cell), *held_out]  # fmt: skip
 
 
 def run_explore(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """A whole controller run (Ada-Segment-A, or PBT through the service's ``pbt``
+    strategy): m members × T rounds on the scale's workers, then its best model scored."""
     client = _client(ctx)
-    run = _find_or_create_run(ctx, cell, client)
-    print(f"exploration run {run['id']} ({run['status']}, round {run['round']})", flush=True)
-    if run["status"] == "running":
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = _run(ctx, cell, client)
+    print(f"{cell.kind} run {run.id} ({run.status}, round {run.round})", flush=True)
+    if run.status == "running":
+        env = env_with_threads(1)
         workers = [
             ctx.children.start(
-                _worker_argv(ctx, cell, run["id"], f"{cell.key}-w{i}"),
+                _worker_argv(ctx, cell, run.id, f"{cell.key}-w{i}"),
                 log=ctx.logs_dir / f"{cell.key}-worker-{i}.log",
                 env=env,
             )
             for i in range(ctx.scale.workers)
         ]
-        run = _follow(client, run["id"], workers, ctx.logs_dir)
-    elif run["status"] == "failed":
-        raise RuntimeError(f"run {run['id']} failed: {run.get('failure')}")
-    best = run["best"]
+        follow(client, run.id, alive=lambda: any(w.poll() is None for w in workers), interval=2)
+    record = _with_history(client, run.id)
+    if record["status"] != "finished":
+        raise RuntimeError(f"run {run.id} {record['status']}: {record['failure']}")
+    best = record["best"]
     scores = evaluate_checkpoint(ctx, cell, best["checkpoint_uri"], ctx.scale.workers)
-    trained = sum(1 for item in run["history"] for c in item["candidates"] if c.get("valid", True))
+    trained = sum(
+        1 for item in record["history"] for c in item["candidates"] if c["outcome"] != "failed"
+    )
     return new_result(
         ctx.scale,
         cell,
         **scores,
         epochs=trained,
         search_epochs=0,
-        wall_seconds=round(_round_seconds(run), 3),
+        wall_seconds=round(_round_seconds(record), 3),
         search_wall_seconds=0.0,
         diverged=None,
-        run_id=run["id"],
-        run_config=run["config"],
-        initial_losses=run["initial_losses"],
+        run_id=record["id"],
+        run_config=record["config"],
+        initial_losses=record["initial_losses"],
         best={k: best[k] for k in ("round", "member", "pq", "weights")},
-        rounds=round_summaries(run),
+        rounds=round_summaries(record),
     )
 
 
@@ -466,27 +476,28 @@ def run_pseudo(ctx: Context, cell: Cell) -> dict[str, Any]:
     controller then holds l¹ and round 1's mean λ = π⁰(l¹)/l¹. The run stays open at round
     1 (nothing leases it again); an exploration is a run of its own."""
     client = _client(ctx)
-    run = _find_or_create_run(ctx, cell, client)
-    if run["round"] == 0 and run["status"] == "running":
-        argv = _worker_argv(ctx, cell, run["id"], f"{cell.key}-w0") + ["--max-assignments", "1"]
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    run = _run(ctx, cell, client)
+    if run.round == 0 and run.status == "running":
+        argv = _worker_argv(ctx, cell, run.id, f"{cell.key}-w0") + ["--max-assignments", "1"]
+        env = env_with_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         worker = ctx.children.start(argv, log=ctx.logs_dir / f"{cell.key}-worker.log", env=env)
         while True:
-            run = client.get_run(run["id"])
-            if run["round"] >= 1 or run["status"] != "running":
+            run = client.get_run(run.id)
+            if run.round >= 1 or run.status != "running":
                 break
             if worker.poll() is not None:
                 raise RuntimeError(f"the pseudo-epoch worker exited ({worker.returncode})")
             time.sleep(1.0)
         worker.wait(timeout=60)
-    if run["status"] == "failed" or not run["history"] or run["current"] is None:
-        raise RuntimeError(f"run {run['id']} has no round 1: {run.get('failure')}")
-    pseudo = run["history"][0]
-    member = pseudo["candidates"][0] if pseudo["candidates"] else {}
+    record = _with_history(client, run.id)
+    if record["status"] == "failed" or not record["history"] or record["current"] is None:
+        raise RuntimeError(f"run {run.id} has no round 1: {record['failure']}")
+    pseudo = record["history"][0]
+    (member,) = pseudo["candidates"]
     return new_result(
         ctx.scale,
         cell,
-        pq=member.get("pq"),  # on proxy-val, after the pseudo epoch
+        pq=member["pq"],  # on proxy-val, after the pseudo epoch
         pq_th=None,
         pq_st=None,
         epochs=1,
@@ -494,68 +505,10 @@ def run_pseudo(ctx: Context, cell: Cell) -> dict[str, Any]:
         wall_seconds=round(pseudo["completed_at"] - pseudo["opened_at"], 3),
         search_wall_seconds=0.0,
         diverged=None,
-        run_id=run["id"],
-        run_config=run["config"],
-        initial_losses=run["initial_losses"],
-        mean_weights=run["current"]["mean_weights"],
-    )
-
-
-# -- the PBT-like baseline -----------------------------------------------------------------------
-
-
-def run_pbt_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
-    from bench.effectiveness.pbt import PbtConfig, final_best, run_pbt, trained_members
-    from trainer_image.engine.config import TrainConfig
-    from trainer_image.jobs.session import DataOptions
-
-    s = ctx.scale
-    job = ctx.job_id(cell)
-    config = PbtConfig(
-        run_id=f"pbt-{job}",
-        loss_names=tuple(model_loss_names(ctx.data_dir)),
-        population=s.population,
-        rounds=s.rounds,
-        sigma=float(cell.params["sigma"]),
-        seed=cell.seed,
-    )
-    data = DataOptions(
-        root=ctx.data_dir, split="train", proxy_val=s.proxy_val, batch_size=s.batch_size
-    )
-    train = TrainConfig(
-        **({} if s.lr is None else {"lr": s.lr}),
-        head_lr_scaling=cell.params.get("head_lr") != PLAIN_HEADS,
-    )
-    state = run_pbt(
-        config, ctx.store_uri, data, ctx.work_dir / "pbt" / f"{job}.json", s.workers, train=train
-    )
-    best = final_best(state)
-    if best is None:
-        raise RuntimeError("every PBT member diverged")
-    scores = evaluate_checkpoint(ctx, cell, best["checkpoint_uri"], s.workers)
-    rounds = [
-        {
-            "round": r["round"],
-            "parent_weights": r["parent_weights"],
-            "best_member": r["best_member"],
-            "members": [
-                {"weights": w, "pq": res["pq"] if res else None}
-                for w, res in zip(r["weights"], r["results"], strict=True)
-            ],
-        }
-        for r in state["rounds"]
-    ]
-    return new_result(
-        s,
-        cell,
-        **scores,
-        epochs=trained_members(state),
-        search_epochs=0,
-        wall_seconds=round(state["wall_seconds"], 3),
-        search_wall_seconds=0.0,
-        diverged=None,
-        best={"round": best["round"], "member": best["member"], "pq": best["pq"]},
-        rounds=rounds,
+        run_id=record["id"],
+        run_config=record["config"],
+        initial_losses=record["initial_losses"],
+        mean_weights=record["current"]["mean_weights"],
     )
 
 
@@ -565,7 +518,7 @@ RUNNERS = {
     GRID: run_grid,
     EXPLORE: run_explore,
     TRANSFER: run_transfer,
-    PBT: run_pbt_cell,
+    PBT: run_explore,  # the service's pbt strategy: a controller run like Ada-Segment-A's
     UNTRAINED: run_untrained,
     PSEUDO: run_pseudo,
 }

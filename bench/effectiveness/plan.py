@@ -215,7 +215,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 # Variants whose runs have no policy to transfer (a controller search strategy without one,
-# e.g. {"strategy": "pbt"} once the controller has it): an exploration row, no transfer row.
+# e.g. {"strategy": "random"}): an exploration row, no transfer row. (PBT has a row of its own.)
 POLICY_FREE_VARIANTS: frozenset[str] = frozenset()
 # The variant whose settings became the service's run defaults (runs.RunSpec); its pair of
 # rows stands in Table 1 beside the paper's settings.
@@ -310,7 +310,7 @@ def all_rows() -> list[Row]:
             strategy="uncertainty",
         ),
         Row("gradnorm", "GradNorm", TRAIN, "Table 1", "GradNorm", strategy="gradnorm"),
-        Row("pbt", "PBT-like, no controller", PBT, "Table 1", "Baseline-P"),
+        Row("pbt", "PBT, the service's `pbt` strategy", PBT, "Table 1", "Baseline-P"),
         Row(
             "ada-a",
             "Ada-Segment-A, the paper's settings: best model of the exploration",

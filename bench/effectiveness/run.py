@@ -91,10 +91,11 @@ class Paths:
 COMMITTED_REPORTS = {"medium": ".", "small": "small"}
 
 
-def paths_for(scale: Scale, bench_dir: Path = BENCH_DIR) -> Paths:
+def paths_for(scale: Scale, bench_dir: Path = BENCH_DIR, work_root: Path | None = None) -> Paths:
     """The committed scales' results and reports are in the repository; any other scale
-    (smoke) keeps everything under the ignored ``work/<scale>/``."""
-    work = bench_dir / "work" / scale.name
+    (smoke) keeps everything under ``<work_root>/<scale>/`` (default: the ignored
+    ``work/``; a test gives its own folder)."""
+    work = (bench_dir / "work" if work_root is None else work_root) / scale.name
     data = work / f"data-{scale.images}-{scale.val_images}-{scale.size}-{scale.data_seed}"
     report = COMMITTED_REPORTS.get(scale.name)
     # Frozen settings are committed for the committed scales; the others' (smoke-heldout)
@@ -426,7 +427,7 @@ def _start_cell(
     children: ChildProcesses,
 ) -> object:
     argv = [sys.executable, str(RUN_PY), "--scale", scale.name, "--seeds", str(cell.seed)]
-    argv += ["--jobs", str(args.jobs), "--cell", cell.key]
+    argv += ["--jobs", str(args.jobs), "--cell", cell.key, "--work", str(paths.work.parent)]
     if scale.held_out:
         argv += ["--phase", args.phase]
     if url:
@@ -512,6 +513,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--jobs", type=int, default=os.cpu_count() or 1, help="processes at a time (cores)"
     )
     parser.add_argument("--report-only", action="store_true", help="render README and plots only")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for each scale's data, store and logs (and a smoke scale's results); "
+        "default bench/effectiveness/work",
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run this one cell
     parser.add_argument("--controller", help=argparse.SUPPRESS)
     parser.add_argument("--frozen-commit", help=argparse.SUPPRESS)  # internal: a test cell's
@@ -534,7 +542,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     scale = SCALES[args.scale]
-    paths = paths_for(scale)
+    paths = paths_for(scale, work_root=args.work)
     if args.cell:
         return run_one_cell(args, scale, paths)
     if args.freeze:
