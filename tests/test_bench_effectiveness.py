@@ -23,6 +23,7 @@ from bench.effectiveness.plan import (
     EXPLORE,
     GRID,
     GRID_POINT,
+    HELD_OUT_VARIANTS,
     LEGACY_ROWS,
     PBT,
     PLAIN_HEADS,
@@ -310,6 +311,12 @@ def test_pbt_runs_through_the_service_strategy_and_variants_change_the_papers_se
     pbt_spec = RunSpec.from_request({"loss_names": loss_names, **run_options(pbt_cell)})
     assert pbt_spec.strategy == "pbt"
     assert RunSpec.from_request({"loss_names": loss_names, **options}).policy_lr == 5e-3
+    # issue 12's options: medium rows only (issue 7's table is unchanged), each a valid run
+    for variant, changes in HELD_OUT_VARIANTS.items():
+        assert f"ada-a-{variant}" in MEDIUM.rows and f"ada-a-{variant}" not in LEGACY_ROWS
+        (cell, _) = plan(MEDIUM, [f"ensemble-{variant}"], [0])
+        spec = RunSpec.from_request({"loss_names": loss_names, **run_options(cell)})
+        assert {name: getattr(spec, name) for name in changes} == changes
 
 
 def test_smoke_benchmark_runs_pbt_and_ada_segment_through_the_service(tmp_path: Path) -> None:

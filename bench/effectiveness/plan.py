@@ -129,6 +129,11 @@ MEDIUM_ROWS = (
     "final",
     "ada-a-local-plr5e-3-rel0.5",
     "ensemble-local-plr5e-3-rel0.5",
+    # options beyond the paper (HELD_OUT_VARIANTS), decided on dev seeds
+    "ada-a-local-plr5e-3-log0.5",
+    "ensemble-local-plr5e-3-log0.5",
+    "ada-a-rank-plr5e-3-log0.5",
+    "ensemble-rank-plr5e-3-log0.5",
 )
 MEDIUM = Scale(
     name=MEDIUM_NAME,
@@ -213,7 +218,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "sigma": 0.5,
     },
 }
-DEFAULT_VARIANTS = tuple(VARIANTS)
+DEFAULT_VARIANTS = tuple(VARIANTS)  # issue 7's (the small scale's table)
+# Issue 12's options beyond the paper, each one change to the service's defaults, to be
+# decided on dev seeds (held-out scales only): multiplicative exploration log λ̂ ~ N(log λ,
+# σ²) (no invalid draws, scale-free), then also centred-rank rewards (a baseline that cannot
+# collapse; robust to one outlier member).
+HELD_OUT_VARIANTS: dict[str, dict[str, Any]] = {
+    "local-plr5e-3-log0.5": {
+        "reward_terms": "local",
+        "policy_lr": 5e-3,
+        "sigma_mode": "log",
+        "sigma": 0.5,
+    },
+    "rank-plr5e-3-log0.5": {
+        "reward_terms": "rank",
+        "policy_lr": 5e-3,
+        "sigma_mode": "log",
+        "sigma": 0.5,
+    },
+}
+VARIANTS.update(HELD_OUT_VARIANTS)
 # Variants whose runs have no policy to transfer (a controller search strategy without one,
 # e.g. {"strategy": "random"}): an exploration row, no transfer row. (PBT has a row of its own.)
 POLICY_FREE_VARIANTS: frozenset[str] = frozenset()
@@ -356,7 +380,7 @@ def all_rows() -> list[Row]:
             "Ablations",
         )
     )
-    for variant in VARIANTS:
+    for variant in DEFAULT_VARIANTS:
         if variant not in ("default", SERVICE_VARIANT):
             rows.extend(_variant_rows(variant))
     return rows
@@ -393,6 +417,7 @@ def held_out_rows() -> list[Row]:
             "Ablations",
             head_lr=PLAIN_HEADS,
         ),
+        *[row for variant in HELD_OUT_VARIANTS for row in _variant_rows(variant)],
     ]
 
 
@@ -405,7 +430,7 @@ def _table_order(rows: list[Row]) -> list[Row]:
     }
     ordered = list(rows)
     for row in reversed(held_out_rows()):
-        anchor = after[row.name]
+        anchor = after.get(row.name, f"ensemble-{SERVICE_VARIANT}")  # the options' rows
         index = next(i for i, r in enumerate(ordered) if r.name == anchor)
         ordered.insert(index + 1, row)
     return ordered
