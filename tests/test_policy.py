@@ -151,6 +151,47 @@ def test_eq2_relative_std_floors_a_non_positive_mean() -> None:
     assert np.all(np.array(draw.candidates) > 0)
 
 
+def _policy_rng_copy(policy: Policy) -> np.random.Generator:
+    """A generator in the policy's random state, rebuilt from its public state_dict."""
+    saved = policy.state_dict()["rng"]
+    bit_generator = np.random.PCG64()
+    bit_generator.state = {
+        "bit_generator": saved["bit_generator"],
+        "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
+        "has_uint32": saved["has_uint32"],
+        "uinteger": saved["uinteger"],
+    }
+    return np.random.Generator(bit_generator)
+
+
+def test_eq2_log_mode_draws_multiplicatively_and_never_invalid() -> None:
+    # log lambda_hat = log max(lambda, floor) + sigma z: with sigma 0.5 a z of 1 multiplies
+    # the weight by e^0.5 whatever its scale; a non-positive mean explores around the floor
+    config = PolicyConfig(n_losses=3, sigma_mode="log", sigma=0.5, floor=1e-3)
+    policy = Policy(config, seed=5)
+    mean = [200.0, 0.01, -0.5]
+    rng = _policy_rng_copy(policy)
+    z = rng.standard_normal((4, 3))
+    draw = policy.sample(mean, 4)
+    assert not draw.invalid and not draw.clipped_members
+    expected = np.exp(np.log([200.0, 0.01, 1e-3]) + 0.5 * z)
+    np.testing.assert_allclose(draw.candidates, expected, rtol=1e-15)
+
+
+def test_eq6_closed_form_bias_gradient_in_log_mode() -> None:
+    # n = 1, identity layers: pi(l) = l + b3, lambda = (l + b3)/l = 1.25 at l = 2, b3 = 0.5.
+    # log N(log x; log lambda, s^2): d/d b3 = (log x - log lambda) / (s^2 lambda) * (1/l),
+    # so the objective's gradient is -(1/K) sum r_k (log x_k - log 1.25) / (0.04 * 1.25 * 2)
+    layers = [([[1.0]], [0.0]), ([[1.0]], [0.0]), ([[1.0]], [0.5])]
+    policy = hand_policy(layers, lr=0.01, weight_decay=0.0, sigma=0.2, sigma_mode="log")
+    loss, drawn, rewards = 2.0, [1.5, 1.35], [1.0, 1.0]
+    gradient = -(math.log(1.5 / 1.25) + math.log(1.35 / 1.25)) / (0.04 * 1.25 * 2) / 2
+    assert gradient == pytest.approx(-1.29641, abs=1e-5)
+    policy.update([loss], [[x] for x in drawn], rewards)
+    new_bias = policy.snapshot()["layers"][2]["bias"][0]
+    assert new_bias == pytest.approx(0.5 - 0.01 * gradient / (abs(gradient) + ADAM_EPS), abs=1e-15)
+
+
 def test_eq2_invalid_draws_are_redrawn_and_kept() -> None:
     policy = Policy(PolicyConfig(n_losses=2), seed=4)
     draw = policy.sample([1.0, -0.1], 20)  # P(valid) = P(z > 0.5) ~ 0.31 per draw
@@ -238,16 +279,18 @@ def _objective(layers, losses, drawn, rewards, sigma, sigma_mode, floor=1e-3) ->
         "activation": "relu",
     }
     mean = evaluate_snapshot(snapshot, losses) / np.asarray(losses)
+    if sigma_mode == "log":  # the Normal density of log(drawn) around log(mean)
+        mean, drawn = np.log(np.maximum(mean, floor)), np.log(drawn)
     std = (
         np.full_like(mean, sigma)
-        if sigma_mode == "absolute"
+        if sigma_mode in ("absolute", "log")
         else sigma * np.maximum(abs(mean), floor)
     )
     log_density = -0.5 * ((drawn - mean) / std) ** 2 - np.log(std) - 0.5 * math.log(2 * math.pi)
     return float(-(rewards * log_density.sum(axis=1)).mean())
 
 
-@pytest.mark.parametrize("sigma_mode", ["absolute", "relative"])
+@pytest.mark.parametrize("sigma_mode", ["absolute", "relative", "log"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_eq6_first_step_is_adams_formula_on_the_exact_gradient(
     sigma_mode: str, weight_decay: float

@@ -51,6 +51,18 @@ def test_improvement_term_is_not_centred() -> None:
     assert [b - a for a, b in zip(local, both, strict=True)] == pytest.approx([1.0, 3.0])
 
 
+def test_rank_reward_hand_numbers_and_an_outlier_changes_nothing() -> None:
+    # trained v = (30, 10, 20, 20): ranks (3, 0, 1.5, 1.5) (the tie shares ranks 1 and 2),
+    # centred (1.5, -1.5, 0, 0), population std sqrt(4.5 / 4); round 2 of 4 scales by 1/2:
+    # (1.5 / sqrt(1.125)) / 2 = 1/sqrt(2). The diverged member keeps -1.
+    half = 1 / math.sqrt(2)
+    expected = [half, -half, 0.0, 0.0, -1.0]
+    assert rewards([30, 10, 20, 20, None], 25.0, 2, 4, "rank") == pytest.approx(expected)
+    # a far outlier (or another previous best) moves nothing: only the order counts
+    assert rewards([1e6, 10, 20, 20, None], -5.0, 2, 4, "rank") == pytest.approx(expected)
+    assert rewards([7.0, 7.0], 1.0, 1, 1, "rank") == [0.0, 0.0]  # all tied: no signal
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
