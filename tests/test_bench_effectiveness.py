@@ -344,10 +344,40 @@ def test_smoke_benchmark_runs_pbt_and_ada_segment_through_the_service(tmp_path: 
     first, second = pbt_result["rounds"][1], pbt_result["rounds"][2]
     assert first["strategy"]["parent_weights"] == [1.0, 1.0, 1.0]
     best = first["members"][first["best_member"]]["weights"]
-    names = model_loss_names(paths.data)  # the run's order (result files sort their keys)
+    names = model_loss_names(SMOKE, paths.data)  # the run's order (result files sort their keys)
     assert second["strategy"]["parent_weights"] == pytest.approx([best[n] for n in names])
     untrained = results["smoke-untrained-s0"]
     assert untrained["weights"] == explore["rounds"][1]["mean_weights"]
+
+
+def test_mask_scale_trains_its_model_in_every_kind_of_cell(tmp_path: Path) -> None:
+    """Issue 14's table at smoke size: a static row (published: Mask2Former's weights),
+    the pseudo epoch (a controller run created with the ten loss names, trained by a
+    worker) and the untrained policy's ten weights held fixed, all with the mask
+    transformer; the report names the model and its losses."""
+    from bench.effectiveness.cells import model_loss_names
+    from trainer_image.models.mask_transformer import MaskTransformer
+
+    scale = SCALES["smoke-mask"]
+    paths = paths_for(scale, work_root=tmp_path)
+    rows, seeds = ["published", "untrained"], [0]
+    args = argparse.Namespace(scale=scale.name, seeds=seeds, rows=rows, jobs=2, phase=DEV)
+    assert run_all(args, scale, paths) == 0, sorted(p.name for p in paths.logs.iterdir())
+    results = done_results(paths.results, scale, plan(scale, rows, seeds))
+    names = model_loss_names(scale, paths.data)
+    assert names == list(MaskTransformer.loss_names) and len(names) == 10
+    published = results["smoke-mask-published-s0"]
+    assert published["weights_history"][0] == MaskTransformer.published_weights
+    pseudo = results["smoke-mask-pseudo-s0"]
+    assert sorted(pseudo["initial_losses"]) == sorted(names)
+    untrained = results["smoke-mask-untrained-s0"]
+    assert untrained["weights"] == pseudo["mean_weights"] and len(untrained["weights"]) == 10
+    # trained with them (the flag carries 6 significant digits)
+    assert untrained["weights_history"][0] == pytest.approx(pseudo["mean_weights"], rel=1e-5)
+    readme = (paths.report / "README.md").read_text()
+    assert "`mask_transformer` at its tiny preset, 10 losses" in readme
+    assert f"| λ ({', '.join(names)}) |" in readme
+    assert "### Grid searches" not in readme  # no grid for ten losses
 
 
 # -- process helpers --------------------------------------------------------------------------

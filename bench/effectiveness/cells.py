@@ -42,6 +42,7 @@ from bench.effectiveness.plan import (
     eval_split,
     neutral_grid_point,
     proxy_split_names,
+    scale_model,
     spec_hash,
     train_split,
 )
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
     from controller_service.contract.client import ControllerClient
     from controller_service.contract.schemas import RunRecord
 
-MODEL = "panoptic_deeplab"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -109,11 +109,12 @@ def ensure_proxy_splits(data_dir: Path, seed: int, proxy_val: float) -> tuple[st
     return names
 
 
-def model_loss_names(data_dir: Path) -> list[str]:
-    """The default model's loss names, in its order (what runs are created with)."""
-    from trainer_image.jobs.session import fresh_model, open_split
+def model_loss_names(scale: Scale, data_dir: Path) -> list[str]:
+    """The scale's model's loss names on the dataset, in its order (what runs are created
+    with)."""
+    from pipelines.local import model_loss_names as loss_names
 
-    return list(fresh_model(MODEL, open_split(data_dir, "train").categories, None, 0).loss_names)
+    return loss_names(scale_model(scale), data_dir)
 
 
 def evaluate_checkpoint(ctx: Context, cell: Cell, uri: str, threads: int) -> dict[str, float]:
@@ -160,7 +161,7 @@ def _train_args(ctx: Context, cell: Cell, *extra: str) -> list[str]:
     return adaseg(
         "train", "--data", str(ctx.data_dir), "--store", ctx.store_uri, "--device", "cpu",
         "--batch-size", str(s.batch_size), "--epochs", str(s.epochs), "--seed", str(cell.seed),
-        "--out-id", ctx.job_id(cell), "--log-every", "50", "--model", MODEL,
+        "--out-id", ctx.job_id(cell), "--log-every", "50", "--model", scale_model(s),
         *optimiser_flags(s, cell), *extra,
     )  # fmt: skip
 
@@ -215,7 +216,7 @@ def run_grid_point(ctx: Context, cell: Cell) -> dict[str, Any]:
     """One grid point: trained on proxy-train, scored on proxy-val (never on val)."""
     proxy_train, proxy_val = ensure_proxy_splits(ctx.data_dir, cell.seed, ctx.scale.proxy_val)
     weights = grid_point_weights(ctx, cell)
-    flag = _weights_flag(weights, model_loss_names(ctx.data_dir))
+    flag = _weights_flag(weights, model_loss_names(ctx.scale, ctx.data_dir))
     ctx.children.run(
         _train_args(
             ctx, cell, "--strategy", "fixed", "--weights", flag, "--split", proxy_train,
@@ -243,7 +244,7 @@ def run_grid(ctx: Context, cell: Cell) -> dict[str, Any]:
     grid = [{"weights": p["weights"], "proxy_val_pq": p["pq"]} for p in points]
     if ctx.scale.held_out:
         return _held_out_grid(ctx, cell, points, best, grid)
-    flag = _weights_flag(best["weights"], model_loss_names(ctx.data_dir))
+    flag = _weights_flag(best["weights"], model_loss_names(ctx.scale, ctx.data_dir))
     ctx.children.run(_train_args(ctx, cell, "--strategy", "fixed", "--weights", flag))
     metrics = _job_metrics(ctx, ctx.job_id(cell))
     result = _training_result(ctx, cell, metrics, weights=best["weights"], grid=grid)
@@ -323,7 +324,7 @@ def _run(ctx: Context, cell: Cell, client: ControllerClient) -> RunRecord:
     run, _ = find_or_create_run(
         client,
         ctx.job_id(cell),
-        model_loss_names(ctx.data_dir),
+        model_loss_names(ctx.scale, ctx.data_dir),
         population=s.population,
         rounds=s.rounds,
         seed=cell.seed,
@@ -377,7 +378,7 @@ def _worker_argv(ctx: Context, cell: Cell, run_id: str, worker_id: str) -> list[
     assert ctx.controller_url is not None
     return worker_argv(
         ctx.controller_url, run_id, ctx.data_dir, ctx.store_uri, worker_id, device="cpu",
-        batch_size=s.batch_size, log_every=50, model=MODEL,
+        batch_size=s.batch_size, log_every=50, model=scale_model(s),
     ) + [*optimiser_flags(s, cell), *held_out]  # fmt: skip
 
 
@@ -434,7 +435,7 @@ def run_transfer(ctx: Context, cell: Cell) -> dict[str, Any]:
             "--mode", cell.params["mode"], "--data", str(ctx.data_dir), "--store", ctx.store_uri,
             "--device", "cpu", "--batch-size", str(s.batch_size), "--epochs", str(s.epochs),
             "--seed", str(cell.seed), "--transfer-id", ctx.job_id(cell), "--log-every", "50",
-            "--model", MODEL, *optimiser_flags(s, cell), *split_flags(s, cell),
+            "--model", scale_model(s), *optimiser_flags(s, cell), *split_flags(s, cell),
         )
     )  # fmt: skip
     metrics = _job_metrics(ctx, ctx.job_id(cell))
@@ -458,7 +459,7 @@ def run_untrained(ctx: Context, cell: Cell) -> dict[str, Any]:
         weights = source["mean_weights"]
     else:
         weights = next(r for r in source["rounds"] if r["round"] == 1)["mean_weights"]
-    flag = _weights_flag(weights, model_loss_names(ctx.data_dir))
+    flag = _weights_flag(weights, model_loss_names(ctx.scale, ctx.data_dir))
     ctx.children.run(
         _train_args(
             ctx, cell, "--strategy", "fixed", "--weights", flag, *split_flags(ctx.scale, cell)

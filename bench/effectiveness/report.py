@@ -18,10 +18,12 @@ from typing import Any
 from bench.effectiveness.plan import (
     DEV,
     EXPLORE,
+    GRID,
     LEARNABLE_STRATEGIES,
     NEUTRAL_CENTRE,
     PLAIN_HEADS,
     PUBLISHED,
+    ROWS,
     SCALED_HEADS,
     SERVICE_VARIANT,
     TEST,
@@ -32,11 +34,13 @@ from bench.effectiveness.plan import (
     Cell,
     Scale,
     cell_key,
+    default_row_names,
     explore_row_name,
     head_lr_rule,
     neutral_centre,
     plan,
     proxy_split_names,
+    scale_model,
 )
 from bench.effectiveness.results import Stat, TableRow, mean_std, paired
 
@@ -119,10 +123,28 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def _weights(weights: Mapping[str, float] | None) -> str:
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the report says about a scale's model: its loss names (in its order) and its
+    published weights, read from the model class (the one place they are stated)."""
+
+    name: str
+    loss_names: tuple[str, ...]
+    published: Mapping[str, float]
+
+
+def model_facts(scale: Scale) -> ModelFacts:
+    from trainer_image.models import MODELS
+
+    name = scale_model(scale)
+    cls = MODELS[name]
+    return ModelFacts(name, tuple(cls.loss_names), dict(cls.published_weights))
+
+
+def _weights(weights: Mapping[str, float] | None, names: Sequence[str] = tuple(PUBLISHED)) -> str:
     if not weights:
         return "–"
-    return ", ".join(f"{weights[name]:.3g}" for name in PUBLISHED if name in weights)
+    return ", ".join(f"{weights[name]:.3g}" for name in names if name in weights)
 
 
 def weights_table(
@@ -394,14 +416,16 @@ def plot_weights(
     best λ (dotted), per seed. Bottom: the λ per epoch of its dynamic transfer runs.
     Published and equal weights as horizontal lines."""
     plt = _pyplot()
-    names = list(PUBLISHED)
+    facts = model_facts(scale)
+    names = list(facts.loss_names)
     explore_row = explore_row_name(variant)
     transfers = (
         (("ensemble", "o-"), ("final", "x--"))
         if variant == "default"
         else ((f"ensemble-{variant}", "o-"),)
     )
-    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.4), squeeze=False)
+    width = 4.2 if len(names) <= 4 else 3.0
+    fig, axes = plt.subplots(2, len(names), figsize=(width * len(names), 6.4), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, name in enumerate(names):
         top, bottom = axes[0][i], axes[1][i]
@@ -449,7 +473,9 @@ def plot_weights(
                         label=f"{row}, seed {seed}",
                     )
         for ax in (top, bottom):
-            ax.axhline(PUBLISHED[name], color="k", linestyle="--", linewidth=1, label="published")
+            ax.axhline(
+                facts.published[name], color="k", linestyle="--", linewidth=1, label="published"
+            )
             ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1, label="equal")
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
@@ -635,17 +661,22 @@ def cost_table(scale: Scale, rows: Sequence[str], per_epoch: float | None) -> st
     return "\n".join(lines)
 
 
-def _lambda(weights: Mapping[str, float] | None) -> str:
-    return _weights(weights)
+def _has_grids(scale: Scale) -> bool:
+    return any(ROWS[name].kind == GRID for name in default_row_names(scale))
 
 
 def static_weights_table(scale: Scale, phase: PhaseTable) -> str:
-    """Per seed: l¹ and every weight a static row trained with (order: semantic, center,
-    offset), beside the published ones; learnable rows at their last epoch."""
+    """Per seed: l¹ and every weight a static row trained with (in the model's loss
+    order), beside the published ones; learnable rows at their last epoch."""
+    facts = model_facts(scale)
+
+    def _lambda(weights: Mapping[str, float] | None) -> str:
+        return _weights(weights, facts.loss_names)
+
     lines = [
-        "| seed | what | λ (semantic, center, offset) |",
+        f"| seed | what | λ ({', '.join(facts.loss_names)}) |",
         "| --- | --- | --- |",
-        f"| – | published (hand-tuned) | {_lambda(PUBLISHED)} |",
+        f"| – | published (hand-tuned) | {_lambda(facts.published)} |",
     ]
     for seed in phase.seeds:
         pseudo = phase.results.get(f"{scale.name}-pseudo-s{seed}")
@@ -653,8 +684,9 @@ def static_weights_table(scale: Scale, phase: PhaseTable) -> str:
             lines.append(
                 f"| {seed} | l¹ (pseudo-epoch losses) | {_lambda(pseudo['initial_losses'])} |"
             )
-            centre = neutral_centre(pseudo["initial_losses"])
-            lines.append(f"| {seed} | neutral centre, l¹_semantic / l¹_i | {_lambda(centre)} |")
+            if _has_grids(scale):
+                centre = neutral_centre(pseudo["initial_losses"])
+                lines.append(f"| {seed} | neutral centre, l¹_semantic / l¹_i | {_lambda(centre)} |")
             lines.append(
                 f"| {seed} | untrained policy, π⁰(l¹)/l¹ | {_lambda(pseudo['mean_weights'])} |"
             )
@@ -718,8 +750,16 @@ def plot_static_weights(scale: Scale, phase: PhaseTable, path: Path) -> Path:
     untrained policy, the neutral centre and the grids' picks (markers at the right), per
     seed, beside the published and equal weights."""
     plt = _pyplot()
-    names = list(PUBLISHED)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 3.8), squeeze=False)
+    facts = model_facts(scale)
+    names = list(facts.loss_names)
+    columns = min(len(names), 5)  # ten losses: two rows of five
+    lines_of_plots = -(-len(names) // columns)
+    fig, grid = plt.subplots(
+        lines_of_plots, columns, figsize=(4.4 * columns, 3.8 * lines_of_plots), squeeze=False
+    )
+    axes = [[ax for line in grid for ax in line]]
+    for ax in axes[0][len(names) :]:
+        ax.set_visible(False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     end = scale.epochs + 1
     for i, name in enumerate(names):
@@ -740,7 +780,9 @@ def plot_static_weights(scale: Scale, phase: PhaseTable, path: Path) -> Path:
             pseudo = phase.results.get(f"{scale.name}-pseudo-s{seed}")
             fixed = []
             if pseudo:
-                fixed.append(("o", neutral_centre(pseudo["initial_losses"]), "neutral centre"))
+                if _has_grids(scale):
+                    centre = neutral_centre(pseudo["initial_losses"])
+                    fixed.append(("o", centre, "neutral centre"))
                 fixed.append(("s", pseudo["mean_weights"], "untrained policy"))
             for row, marker in (("grid-neutral", "^"), ("grid", "v")):
                 result = phase.results.get(f"{scale.name}-{row}-s{seed}")
@@ -754,7 +796,7 @@ def plot_static_weights(scale: Scale, phase: PhaseTable, path: Path) -> Path:
                     color=colour,
                     label=f"{label}, seed {seed}",
                 )
-        ax.axhline(PUBLISHED[name], color="k", linestyle="--", linewidth=1, label="published")
+        ax.axhline(facts.published[name], color="k", linestyle="--", linewidth=1, label="published")
         ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1, label="equal")
         ax.set_yscale("log")
         ax.set_xlabel("epoch (markers right: fixed λ)")
@@ -805,15 +847,36 @@ def held_out_markdown(
         frozen_line = "Settings not frozen yet: no test cell has run."
     rows = [r.row.name for r in dev.rows]
     lr = 0.02 if s.lr is None else s.lr
+    facts = model_facts(s)
+    model = (
+        "the default tiny Panoptic-DeepLab"
+        if s.model is None
+        else f"`{facts.name}` at its tiny preset, {len(facts.loss_names)} losses"
+    )
     setup = (
         f"Synthetic COCO-panoptic data (`adaseg data synth`, seed {s.data_seed}): {s.images} "
-        f"train and {s.val_images} val images of {s.size}×{s.size}. Model: the default tiny "
-        f"Panoptic-DeepLab (losses semantic, center, offset). Every row trains E = {s.epochs} "
+        f"train and {s.val_images} val images of {s.size}×{s.size}. Model: {model} "
+        f"(losses {', '.join(facts.loss_names)}). Every row trains E = {s.epochs} "
         f"epochs, batch {s.batch_size}, SGD lr {lr:g} (momentum 0.9, weight decay 1e-4, "
         f"gradient clip 10) on one cosine schedule. Exploration (and PBT): population "
         f"m = {s.population}, T = {s.rounds} rounds of one epoch after the pseudo epoch, "
         f"i.e. {s.search_epochs} member-epochs per seed, members scored on proxy-val "
         f"({proxy} of train)."
+    )
+    grids = (
+        "`grid-neutral` knows nothing of the published weights: semantic at 1, center "
+        "and offset at l¹_semantic / l¹_i (the equal-loss normalisation of the seed's pseudo "
+        f"epoch) × {{{', '.join(f'{f:g}' for f in s.grid_factors)}}}. `grid` is issue 7's "
+        "grid around the published weights (prior knowledge no new model has), kept as a "
+        "labelled row. Both pick on proxy-val; the pick's own model is the row's model."
+        if _has_grids(s)
+        else f"None: with {len(facts.loss_names)} losses even three points per loss would "
+        f"be 3^{len(facts.loss_names) - 1} trainings, which is the case the method is for."
+    )
+    plain = (
+        ", so `published-plain` and `untrained-plain` give the static rows under that rule too"
+        if "published-plain" in rows
+        else " (this scale has no rows of static weights under that rule)"
     )
     protocol = f"""\
 - **Seeds.** Dev seeds {", ".join(map(str, s.dev_seeds))}; test seeds \
@@ -835,13 +898,8 @@ test results. Every test result records the freeze commit. {frozen_line}
 - **Head learning rates.** Column "heads": `{SCALED_HEADS}` trains loss i's head at lr/λ_i \
 (the paper's rule), `{PLAIN_HEADS}` at lr. Equal weights are the same under both. \
 Uncertainty weighting and GradNorm move their weights every step and the trainer trains \
-their heads at lr only, so `published-plain` and `untrained-plain` give the static rows under \
-that rule too.
-- **Grids.** `grid-neutral` knows nothing of the published weights: semantic at 1, center \
-and offset at l¹_semantic / l¹_i (the equal-loss normalisation of the seed's pseudo epoch) \
-× {{{", ".join(f"{f:g}" for f in s.grid_factors)}}}. `grid` is issue 7's grid around the \
-published weights (prior knowledge no new model has), kept as a labelled row. Both pick on \
-proxy-val; the pick's own model is the row's model.
+their heads at lr only{plain}.
+- **Grids.** {grids}
 - **Statistics.** Mean ± sample std over seeds; each row minus equal weights and minus the \
 untrained policy, paired by seed: mean [95 % percentile bootstrap interval over seeds, \
 exact], wins–losses. With 3 or 5 seeds the interval cannot reach past the smallest or \
@@ -852,9 +910,15 @@ largest difference: it is narrow, not conservative."""
         "_Generated by `bench/effectiveness/run.py` from `results/*.json`; written by hand: "
         f"`{HELD_OUT_NOTES}` (the scale, the noise, adding rows) and `analysis.md` (the reading)._",
         "",
-        "Issue 7's small-scale tables (64×64, 6 epochs: the models barely learn there; all "
-        "seeds scored on `val`): [small/README.md](small/README.md).",
-        "",
+        *(
+            [
+                "Issue 7's small-scale tables (64×64, 6 epochs: the models barely learn there; "
+                "all seeds scored on `val`): [small/README.md](small/README.md).",
+                "",
+            ]
+            if s.model is None
+            else []
+        ),
         "## Status",
         "",
         f"- Dev seeds: {_phase_status(dev)}",
@@ -910,16 +974,22 @@ largest difference: it is narrow, not conservative."""
         "",
         static_weights_table(s, dev),
         "",
-        "### Grid searches (dev seeds, proxy-val PQ)",
-        "",
-        "Neutral grid (`grid-neutral`):",
-        "",
-        held_out_grid_table(s, dev, "grid-neutral"),
-        "",
-        "Published-centred grid (`grid`):",
-        "",
-        held_out_grid_table(s, dev, "grid"),
-        "",
+        *(
+            [
+                "### Grid searches (dev seeds, proxy-val PQ)",
+                "",
+                "Neutral grid (`grid-neutral`):",
+                "",
+                held_out_grid_table(s, dev, "grid-neutral"),
+                "",
+                "Published-centred grid (`grid`):",
+                "",
+                held_out_grid_table(s, dev, "grid"),
+                "",
+            ]
+            if _has_grids(s)
+            else []
+        ),
         "## Reading",
         "",
         analysis.strip() if analysis else "_(pending)_",
@@ -938,6 +1008,7 @@ def render_held_out(
 ) -> Path:
     """Write a held-out scale's README.md and figures into ``out_dir``."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     texts = {}
     for name in (HELD_OUT_NOTES, "analysis.md"):
         path = out_dir / name

@@ -87,8 +87,9 @@ class Paths:
 
 
 # The committed scales: results in results/ (cell keys start with the scale's name), the
-# report where it is read: medium's is the benchmark's README, small's (issue 7) in small/.
-COMMITTED_REPORTS = {"medium": ".", "small": "small"}
+# report where it is read: medium's is the benchmark's README, small's (issue 7) in small/,
+# the mask transformer's (issue 14) in mask/.
+COMMITTED_REPORTS = {"medium": ".", "small": "small", "medium-mask": "mask"}
 
 
 def paths_for(scale: Scale, bench_dir: Path = BENCH_DIR, work_root: Path | None = None) -> Paths:
