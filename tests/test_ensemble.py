@@ -172,3 +172,25 @@ def test_agrees_with_the_policy_that_made_the_snapshot() -> None:
 def test_rejects_bad_input(snapshots, losses, epoch, epochs, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         transfer_weights(snapshots, losses, epoch, epochs, **kwargs)
+
+
+def test_loss_sum_scale_applies_to_the_policy_modes_on_their_losses() -> None:
+    # pi^2 alone: at l = (2, 4) lambda = (2, 1.25), sum lambda*l = 9 against sum l = 6, so
+    # x 2/3 -> (4/3, 5/6); static-pred at l^1 = (1, 3): lambda = (2, 4/3), 6 against 4,
+    # x 2/3 -> (4/3, 8/9); static-final's weights were trained as they are: unchanged
+    two = {1: SNAPSHOTS[1], 2: SNAPSHOTS[2]}
+    scaled = {"weight_scale": "loss-sum"}
+    assert transfer_weights(two, LOSSES, 1, 5, "final")[0] == pytest.approx([2.0, 1.25])
+    assert transfer_weights(two, LOSSES, 1, 5, "final", **scaled)[0] == pytest.approx(
+        [4 / 3, 5 / 6]
+    )
+    pred = transfer_weights(
+        two, None, 1, 5, "static-pred", initial_losses=[1.0, 3.0], weight_scale="loss-sum"
+    )
+    assert pred[0] == pytest.approx([4 / 3, 8 / 9])
+    final = transfer_weights(
+        two, None, 1, 5, "static-final", final_weights=[3.0, 0.1], weight_scale="loss-sum"
+    )
+    assert final == ([3.0, 0.1], [])
+    with pytest.raises(ValueError, match="weight_scale must be one of"):
+        transfer_weights(two, LOSSES, 1, 5, "final", weight_scale="sum")

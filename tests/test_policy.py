@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from controller_service.search.policy import Policy, PolicyConfig, evaluate_snapshot
+from controller_service.search.policy import (
+    Policy,
+    PolicyConfig,
+    evaluate_snapshot,
+    scale_to_loss_sum,
+)
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default, part of its first-step formula
 
@@ -190,6 +195,16 @@ def test_eq6_closed_form_bias_gradient_in_log_mode() -> None:
     policy.update([loss], [[x] for x in drawn], rewards)
     new_bias = policy.snapshot()["layers"][2]["bias"][0]
     assert new_bias == pytest.approx(0.5 - 0.01 * gradient / (abs(gradient) + ADAM_EPS), abs=1e-15)
+
+
+def test_scale_to_loss_sum_hand_numbers() -> None:
+    # lambda = (2, 100, 0.5), l = (1, 0.02, 4): sum lambda*l = 2 + 2 + 2 = 6, sum l = 5.02,
+    # so every weight is multiplied by 5.02 / 6; the ratios stay
+    scaled = scale_to_loss_sum([2.0, 100.0, 0.5], [1.0, 0.02, 4.0])
+    np.testing.assert_allclose(scaled, np.array([2.0, 100.0, 0.5]) * 5.02 / 6, rtol=1e-15)
+    assert float(np.dot(scaled, [1.0, 0.02, 4.0])) == pytest.approx(5.02)
+    with pytest.raises(ValueError, match="weighted loss sum is 0.0"):
+        scale_to_loss_sum([0.0, 0.0], [1.0, 2.0])
 
 
 def test_eq2_invalid_draws_are_redrawn_and_kept() -> None:

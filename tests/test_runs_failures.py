@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from controller_service.runs import MemberReport, RunConflict, RunSpec, transitions
@@ -162,5 +163,35 @@ def test_a_clipped_member_is_trained_but_not_scored_as_a_sample_of_the_policy():
         plan.private["input_losses"],
         [draw.candidates[j] for j in scored] + draw.invalid,
         [member_rewards[j] for j in scored] + [-1.0] * len(draw.invalid),
+    )
+    assert snapshot_of(change, 1) == replay.snapshot()
+
+
+def test_loss_sum_scale_trains_scaled_draws_and_scores_the_draws_themselves():
+    """weight_scale "loss-sum": members train each draw scaled so that sum lambda_i l_i =
+    sum l_i on the policy's input; Eq. 6 scores the unscaled draws (the policy's samples),
+    and the shown mean is scaled the same way."""
+    from controller_service.search.policy import Policy, scale_to_loss_sum
+    from controller_service.search.rewards import rewards
+    from tests.test_runs import policy_config
+
+    run = Run(population=3, rounds=1, weight_scale="loss-sum")
+    run.finish_round()
+    plan = run.state.open.plan
+    losses = list(plan.private["input_losses"])
+    replay = Policy(policy_config(run.spec), 11)
+    mean = replay.mean_weights(losses)
+    draw = replay.sample(mean, 3)
+    assert plan.private["drawn"] == draw.candidates
+    for raw, handed in zip(draw.candidates, plan.candidates, strict=True):
+        np.testing.assert_allclose(handed, scale_to_loss_sum(raw, losses), rtol=1e-12)
+        assert float(np.dot(handed, losses)) == pytest.approx(sum(losses))
+    np.testing.assert_allclose(plan.mean_weights, scale_to_loss_sum(mean, losses), rtol=1e-12)
+
+    change = run.finish_round(now=1.0)
+    pqs = [c["pq"] for c in run.records[1]["candidates"]]
+    member_rewards = rewards(pqs, run.records[0]["candidates"][0]["pq"], 1, 1, "local")
+    replay.update(
+        losses, draw.candidates + draw.invalid, member_rewards + [-1.0] * len(draw.invalid)
     )
     assert snapshot_of(change, 1) == replay.snapshot()

@@ -25,12 +25,14 @@ from controller_service.search.options import (
     SIGMA_MODES,
     STRATEGY_MODULES,
     TRANSFER_MODES,
+    WEIGHT_SCALES,
 )
 
 LossVector = dict[str, float]
 StrategyName = Literal[tuple(STRATEGY_MODULES)]  # type: ignore[valid-type]
 SigmaMode = Literal[SIGMA_MODES]  # type: ignore[valid-type]
 RewardTerms = Literal[REWARD_TERMS]  # type: ignore[valid-type]
+WeightScale = Literal[WEIGHT_SCALES]  # type: ignore[valid-type]
 TransferMode = Literal[TRANSFER_MODES]  # type: ignore[valid-type]
 RunStatus = Literal["running", "finished", "failed"]
 MemberStatus = Literal["pending", "leased", "done"]
@@ -88,6 +90,11 @@ class CreateRunRequest(Request):
     hidden: int = Field(16, ge=1, le=L.MAX_HIDDEN, description="hidden width of the policy MLP")
     reward_terms: RewardTerms = Field(
         "local", description="'local+imp' (Eq. 5, the paper), 'local' (Eq. 3) or 'rank'"
+    )
+    weight_scale: WeightScale = Field(
+        "free",
+        description="'free' (the policy's weights as drawn, the paper) or 'loss-sum' (each "
+        "weight vector scaled so that sum lambda_i l_i = sum l_i: only ratios are searched)",
     )
     seed: int | None = Field(
         None, ge=0, le=L.MAX_SEED, description="seed; random (and recorded) when omitted"

@@ -22,6 +22,7 @@ from controller_service.search.options import (
     REWARD_TERMS,
     SIGMA_MODES,
     STRATEGY_MODULES,
+    WEIGHT_SCALES,
 )
 
 # The paper's controller settings (Implementation Details). A run created with these in
@@ -63,6 +64,7 @@ class RunSpec:
     seed: int | None = None
     lease_seconds: float = L.DEFAULT_LEASE_SECONDS
     reward_terms: str = "local"
+    weight_scale: str = "free"
     max_attempts: int = L.DEFAULT_MAX_ATTEMPTS
     name: str | None = None
 
@@ -90,6 +92,7 @@ class RunSpec:
         _check_number("lease_seconds", self.lease_seconds, L.MIN_LEASE_SECONDS, L.MAX_LEASE_SECONDS)
         _check_choice("sigma_mode", self.sigma_mode, SIGMA_MODES)
         _check_choice("reward_terms", self.reward_terms, REWARD_TERMS)
+        _check_choice("weight_scale", self.weight_scale, WEIGHT_SCALES)
         if self.name is not None and (
             not isinstance(self.name, str) or len(self.name) > L.MAX_NAME_LENGTH
         ):
@@ -113,6 +116,7 @@ class RunSpec:
             hidden=self.hidden,
             reward_terms=self.reward_terms,
             floor=WEIGHT_FLOOR,
+            weight_scale=self.weight_scale,
         )
 
     def config(self) -> dict[str, Any]:

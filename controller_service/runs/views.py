@@ -276,6 +276,7 @@ def transfer_weights_for(
             final_weights=list(state.best.weights),
             floor=WEIGHT_FLOOR,
             names=names,
+            weight_scale=state.spec.weight_scale,
         )
     except ValueError as exc:  # the request was checked above: the snapshots are at fault
         raise RunConflict(f"run {state.id}: its policy snapshots cannot be used: {exc}") from None

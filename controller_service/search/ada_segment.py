@@ -15,7 +15,7 @@ only its invalid draws are scored. Members that diverged or failed score -1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,7 +32,13 @@ from controller_service.search.base import (
     check_finite,
     register,
 )
-from controller_service.search.policy import Policy, PolicyConfig
+from controller_service.search.policy import (
+    Policy,
+    PolicyConfig,
+    clip_weights,
+    is_valid_weight_vector,
+    scale_to_loss_sum,
+)
 from controller_service.search.rewards import rewards
 
 INVALID_REWARD = -1.0  # an invalid (never trained) candidate's reward in Eq. 6
@@ -53,6 +59,7 @@ class AdaSegment:
             "policy_steps",
             "hidden",
             "reward_terms",
+            "weight_scale",
         }
     )
 
@@ -95,15 +102,31 @@ class AdaSegment:
         )
         # Eq. 6 scores the invalid draws; a non-finite one has no density to score
         scorable = [row for row in draw.invalid if np.all(np.isfinite(row))]
+        private: dict[str, Any] = {"input_losses": list(start.losses), "invalid": scorable}
+        candidates, shown_mean = draw.candidates, mean
+        if self.settings.weight_scale == "loss-sum":
+            # members train the scaled vectors; Eq. 6 scores the draws themselves (the
+            # reward is a function of the draw through the scaling)
+            private["drawn"] = [list(c) for c in draw.candidates]
+            try:
+                candidates = [
+                    # into [floor, MAX_WEIGHT] as every weight a trainer gets
+                    list(clip_weights(scale_to_loss_sum(c, start.losses), self.settings.floor))
+                    for c in candidates
+                ]
+                if is_valid_weight_vector(mean):
+                    shown_mean = list(scale_to_loss_sum(mean, start.losses))
+            except ValueError as exc:
+                raise StrategyError(str(exc)) from None
         plan = RoundPlan(
-            candidates=tuple(tuple(c) for c in draw.candidates),
-            mean_weights=tuple(mean),
+            candidates=tuple(tuple(c) for c in candidates),
+            mean_weights=tuple(shown_mean),
             public={
                 "invalid_draws": len(draw.invalid),
                 "invalid_by_member": [int(k) for k in invalid_by_member],
                 "clipped_members": list(draw.clipped_members),
             },
-            private={"input_losses": list(start.losses), "invalid": scorable},
+            private=private,
         )
         return plan, {"policy": policy.state_dict()}
 
@@ -119,7 +142,8 @@ class AdaSegment:
         clipped = set(plan.public.get("clipped_members", []))
         scored = [j for j in range(len(outcomes)) if j not in clipped]
         invalid = [list(row) for row in plan.private.get("invalid", [])]
-        drawn = [list(plan.candidates[j]) for j in scored] + invalid
+        draws = plan.private.get("drawn", plan.candidates)  # before any weight_scale
+        drawn = [list(draws[j]) for j in scored] + invalid
         scored_rewards = [member_rewards[j] for j in scored] + [INVALID_REWARD] * len(invalid)
         if drawn:
             try:

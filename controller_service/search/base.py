@@ -56,6 +56,7 @@ class StrategySettings:
     hidden: int
     reward_terms: str
     floor: float
+    weight_scale: str = "free"
 
 
 @dataclass(frozen=True)

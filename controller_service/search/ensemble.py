@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from controller_service.search.options import TRANSFER_MODES
+from controller_service.search.options import TRANSFER_MODES, WEIGHT_SCALES
 from controller_service.search.policy import (
     clip_nonpositive,
+    clip_weights,
     evaluate_snapshot,
     parse_layers,
+    scale_to_loss_sum,
     validate_losses,
     validate_vector,
 )
@@ -90,14 +92,20 @@ def transfer_weights(
     final_weights: Sequence[float] | None = None,
     floor: float = 1e-3,
     names: Sequence[str] | None = None,
+    weight_scale: str = "free",
 ) -> tuple[list[float], list[int]]:
     """Weights for the epoch after ``epoch`` of ``epochs``, and the indices clipped to floor.
 
     ``snapshots`` maps round t (1..T) to pi^t; ``losses`` is l^e; ``names`` (the
-    loss names, optional) only makes error messages name the offending loss.
+    loss names, optional) only makes error messages name the offending loss. With
+    ``weight_scale`` "loss-sum" (the run's option) the policy's weights are scaled as the
+    run's candidates were, on the losses they were computed from (l^e, or l^1 for
+    static-pred); static-final's weights were trained with as they are.
     """
     if mode not in TRANSFER_MODES:
         raise ValueError(f"mode must be one of {TRANSFER_MODES}, got {mode!r}")
+    if weight_scale not in WEIGHT_SCALES:
+        raise ValueError(f"weight_scale must be one of {WEIGHT_SCALES}, got {weight_scale!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
@@ -137,4 +145,7 @@ def transfer_weights(
         weights = final
 
     clipped_weights, clipped = clip_nonpositive(weights, floor)
+    if weight_scale == "loss-sum" and mode != "static-final":
+        basis = initial if mode == "static-pred" else loss_vector
+        clipped_weights = clip_weights(scale_to_loss_sum(clipped_weights, basis), floor)
     return clipped_weights.tolist(), clipped

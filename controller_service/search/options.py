@@ -11,4 +11,8 @@ STRATEGY_MODULES: dict[str, str] = {
 DEFAULT_STRATEGY = "ada-segment"
 SIGMA_MODES = ("absolute", "relative", "log")  # Eq. 2: the paper, ours, multiplicative
 REWARD_TERMS = ("local+imp", "local", "rank")  # Eq. 5, Eq. 3 only, centred ranks
+# "free": the policy's weights as drawn (the paper); "loss-sum": each weight vector scaled so
+# that sum_i lambda_i l_i = sum_i l_i on the policy's input losses (ours): only ratios are
+# searched, never the overall scale, which acts as the shared layers' learning rate
+WEIGHT_SCALES = ("free", "loss-sum")
 TRANSFER_MODES = ("ensemble", "final", "static-pred", "static-final")  # Eq. 7 and Table 2

@@ -145,6 +145,25 @@ def clip_weights(values: np.ndarray, floor: float) -> np.ndarray:
     return np.clip(out, floor, MAX_WEIGHT)
 
 
+def scale_to_loss_sum(weights: Sequence[float], losses: Sequence[float]) -> np.ndarray:
+    """``weights`` times ``sum(losses) / sum(weights * losses)``: the weighted loss sums to
+    the unweighted one (``weight_scale`` "loss-sum").
+
+    Under the lr/λ head rule the overall scale of the weights changes only the gradient
+    that reaches the shared layers, i.e. their learning rate; a search that may move it
+    greedily buys one interval's PQ with it (the medium benchmark's explorations shrank
+    every weight together). Scaling each vector removes that direction; the ratios, which
+    are what a loss weighting is for, are searched as before. Weights and losses must be
+    positive (a trainer's weights and losses are).
+    """
+    weight_array = np.asarray(weights, dtype=np.float64)
+    loss_array = np.asarray(losses, dtype=np.float64)
+    weighted = float(np.dot(weight_array, loss_array))
+    if not (math.isfinite(weighted) and weighted > 0):
+        raise ValueError(f"cannot scale weights whose weighted loss sum is {weighted!r}")
+    return weight_array * (float(loss_array.sum()) / weighted)
+
+
 def clip_nonpositive(values: np.ndarray, floor: float) -> tuple[np.ndarray, list[int]]:
     """Replace components <= 0 by ``floor``; return the result and the indices replaced.
 
