@@ -262,7 +262,7 @@ DEFAULT_VARIANTS = tuple(VARIANTS)  # issue 7's (the small scale's table)
 # decided on dev seeds (held-out scales only): multiplicative exploration log λ̂ ~ N(log λ,
 # σ²) (no invalid draws, scale-free), then also centred-rank rewards (a baseline that cannot
 # collapse; robust to one outlier member); and weights scaled to Σ λ_i l_i = Σ l_i (the
-# medium seed-0 exploration shrank every weight together, ×0.06 by round 24: a greedy cut of
+# medium seed-0 exploration shrank every weight together, ×0.12–0.15 by round 24: a greedy cut of
 # the shared layers' learning rate, which this option takes out of the search).
 HELD_OUT_VARIANTS: dict[str, dict[str, Any]] = {
     "local-plr5e-3-rel0.5-sum": {
