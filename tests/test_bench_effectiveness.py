@@ -319,6 +319,15 @@ def test_pbt_runs_through_the_service_strategy_and_variants_change_the_papers_se
         assert {name: getattr(spec, name) for name in changes} == changes
 
 
+def test_the_controller_is_started_for_pbt_and_every_policy_cell_only() -> None:
+    from bench.effectiveness.run import needs_controller
+
+    assert needs_controller(plan(MEDIUM, ["pbt"], [0]))  # alone: a run of the pbt strategy
+    for row in ("ada-a", "ensemble", "untrained", "grid-neutral"):  # pseudo epochs too
+        assert needs_controller(plan(MEDIUM, [row], [0])), row
+    assert not needs_controller(plan(MEDIUM, ["equal", "published", "grid", "gradnorm"], [0]))
+
+
 def test_smoke_benchmark_runs_pbt_and_ada_segment_through_the_service(tmp_path: Path) -> None:
     from bench.effectiveness.cells import model_loss_names
 

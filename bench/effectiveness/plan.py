@@ -303,6 +303,8 @@ TRAIN, GRID_POINT, GRID, PBT, EXPLORE, TRANSFER, UNTRAINED, PSEUDO = (
     "untrained",  # static λ of the policy before any update, from the exploration's l¹
     "pseudo",  # held-out scales: round 0 of a controller run alone (l¹ and π⁰(l¹)/l¹)
 )
+# the kinds whose cells talk to the controller (a run of a search strategy or its policy)
+CONTROLLER_KINDS = frozenset({PBT, EXPLORE, TRANSFER, PSEUDO})
 # where a grid is centred: the hand-tuned weights (prior knowledge no new model has) or the
 # equal-loss normalisation λ_i = l¹_ref / l¹_i of the pseudo epoch (none)
 PUBLISHED_CENTRE, NEUTRAL_CENTRE = "published", "neutral"

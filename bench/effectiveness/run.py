@@ -38,15 +38,13 @@ if str(REPO) not in sys.path:  # run as a script: make `bench.effectiveness` imp
     sys.path.insert(0, str(REPO))
 
 from bench.effectiveness.plan import (  # noqa: E402
+    CONTROLLER_KINDS,
     DEV,
-    EXPLORE,
     GRID_POINT,
     PHASES,
-    PSEUDO,
     ROWS,
     SCALES,
     TEST,
-    TRANSFER,
     Cell,
     Scale,
     default_row_names,
@@ -294,6 +292,12 @@ def ensure_data(scale: Scale, paths: Paths, children: ChildProcesses) -> None:
     )  # fmt: skip
 
 
+def needs_controller(cells: Sequence[Cell]) -> bool:
+    """Whether any of ``cells`` runs through the controller (PBT included: it is a run of
+    the service's ``pbt`` strategy)."""
+    return any(c.kind in CONTROLLER_KINDS for c in cells)
+
+
 def start_controller(paths: Paths, children: ChildProcesses) -> tuple[str, object]:
     """A controller on the scale's store (runs of earlier invocations continue)."""
     from controller_service.contract.client import ControllerClient
@@ -365,7 +369,7 @@ def _schedule(
     for seed in sorted({c.seed for c in todo if c.kind == GRID_POINT or scale.held_out}):
         ensure_proxy_splits(paths.data, seed, scale.proxy_val)
     url, controller = None, None
-    if any(c.kind in (EXPLORE, TRANSFER, PSEUDO) for c in todo):
+    if needs_controller(todo):
         url, controller = start_controller(paths, children)
     running: dict[int, tuple[Cell, float]] = {}
     finished: list[tuple[Cell, float]] = []
