@@ -210,25 +210,18 @@ SCALES: dict[str, Scale] = {
         population=4,
         batch_size=16,
     ),
-    # the held-out protocol end to end in minutes (one dev and one test seed); meaningless
-    "smoke-heldout": Scale(
-        name="smoke-heldout",
-        images=48,
-        val_images=16,
-        size=48,
-        epochs=2,
-        population=2,
-        batch_size=8,
-        grid_factors=(0.1, 10.0),
-        seeds=(0,),
-        head_lr=SCALED_HEADS,
-        dev_seeds=(0,),
-        test_seeds=(1,),
-        rows=("equal", "grid-neutral", "uncertainty", "untrained"),
-    ),
     MEDIUM_NAME: MEDIUM,
     MEDIUM_MASK.name: MEDIUM_MASK,
 }
+# the held-out protocol end to end in minutes (one dev and one test seed); meaningless
+SCALES["smoke-heldout"] = replace(
+    SCALES["smoke"],
+    name="smoke-heldout",
+    head_lr=SCALED_HEADS,
+    dev_seeds=(0,),
+    test_seeds=(1,),
+    rows=("equal", "grid-neutral", "uncertainty", "untrained"),
+)
 # the mask scale's plumbing end to end in a minute (ten losses through every kind of cell)
 SCALES["smoke-mask"] = replace(
     SCALES["smoke-heldout"], name="smoke-mask", model="mask_transformer", rows=MEDIUM_MASK_ROWS

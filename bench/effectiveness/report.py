@@ -71,13 +71,8 @@ def paired_delta(
 ) -> Stat | None:
     """PQ(row) − PQ(baseline) per seed where both are done: same seed, same initial
     model and data order, so the paired difference is the fairer comparison."""
-    diffs = []
-    for seed in seeds:
-        a = results.get(cell_key(scale, row, seed))
-        b = results.get(cell_key(scale, baseline, seed))
-        if a and b and a.get("pq") is not None and b.get("pq") is not None:
-            diffs.append(a["pq"] - b["pq"])
-    return mean_std(diffs)
+    compared = paired(results, scale, row, baseline, seeds)
+    return None if compared is None else mean_std(compared.diffs)
 
 
 def markdown_table(
@@ -463,15 +458,7 @@ def plot_weights(
                 )
             for row, style in transfers:
                 result = results.get(cell_key(scale, row, seed))
-                if result and result.get("weights_history"):
-                    history = result["weights_history"]
-                    bottom.plot(
-                        range(1, len(history) + 1),
-                        [w[name] for w in history],
-                        style,
-                        color=colour,
-                        label=f"{row}, seed {seed}",
-                    )
+                _plot_weights_history(bottom, result, name, style, colour, f"{row}, seed {seed}")
         for ax in (top, bottom):
             ax.axhline(
                 facts.published[name], color="k", linestyle="--", linewidth=1, label="published"
@@ -489,6 +476,21 @@ def plot_weights(
     axes[1][0].legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _plot_weights_history(
+    ax: Any, result: Mapping[str, Any] | None, name: str, style: str, colour: str, label: str
+) -> None:
+    """Loss ``name``'s weight per epoch of a training run, if the result has its history."""
+    if result and result.get("weights_history"):
+        history = result["weights_history"]
+        ax.plot(
+            range(1, len(history) + 1),
+            [w[name] for w in history],
+            style,
+            color=colour,
+            label=label,
+        )
 
 
 def weights_plot_name(variant: str) -> str:
@@ -768,15 +770,8 @@ def plot_static_weights(scale: Scale, phase: PhaseTable, path: Path) -> Path:
             colour = colours[k % len(colours)]
             for strategy, style in zip(LEARNABLE_STRATEGIES, ("-", "--"), strict=True):
                 result = phase.results.get(f"{scale.name}-{strategy}-s{seed}")
-                if result and result.get("weights_history"):
-                    history = result["weights_history"]
-                    ax.plot(
-                        range(1, len(history) + 1),
-                        [w[name] for w in history],
-                        style,
-                        color=colour,
-                        label=f"{strategy}, seed {seed}",
-                    )
+                label = f"{strategy}, seed {seed}"
+                _plot_weights_history(ax, result, name, style, colour, label)
             pseudo = phase.results.get(f"{scale.name}-pseudo-s{seed}")
             fixed = []
             if pseudo:
