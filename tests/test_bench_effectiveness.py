@@ -273,14 +273,7 @@ def test_eta_uses_process_seconds_per_planned_epoch() -> None:
 
 def test_cached_benchmark_runs_nothing_and_renders_the_report(tmp_path: Path) -> None:
     rows, seeds = ["equal", "published"], [0]
-    paths = Paths(
-        work=tmp_path / "work",
-        data=tmp_path / "work" / "data",
-        store=tmp_path / "work" / "store",
-        logs=tmp_path / "work" / "logs",
-        results=tmp_path / "results",
-        report=tmp_path,
-    )
+    paths = _tmp_paths(tmp_path)
     for cell, pq in zip(plan(SMOKE, rows, seeds), (20.0, 23.5), strict=True):
         write_result(paths.results, _result(cell, pq, weights_history=[{"semantic": 1.0}]))
     args = argparse.Namespace(scale="smoke", seeds=seeds, rows=rows, jobs=2)
@@ -619,7 +612,8 @@ def test_read_frozen_asks_git_whether_the_file_is_committed(tmp_path: Path) -> N
     assert read_frozen(path) == FrozenFile({"rows": {"equal": "def"}}, head, False)
 
 
-def _held_paths(tmp_path: Path) -> Paths:
+def _tmp_paths(tmp_path: Path) -> Paths:
+    """Every folder of a benchmark under ``tmp_path``; the report in it."""
     return Paths(
         work=tmp_path / "work",
         data=tmp_path / "work" / "data",
@@ -632,7 +626,7 @@ def _held_paths(tmp_path: Path) -> Paths:
 
 
 def test_run_refuses_test_cells_without_a_committed_freeze(tmp_path: Path, capsys) -> None:
-    paths = _held_paths(tmp_path)
+    paths = _tmp_paths(tmp_path)
     args = argparse.Namespace(scale=HELD.name, phase=TEST, seeds=[1], rows=["equal"], jobs=1)
     assert run_all(args, HELD, paths) == 2
     assert "no frozen settings" in capsys.readouterr().out
