@@ -584,6 +584,21 @@ def test_freeze_is_refused_once_a_row_has_test_results() -> None:
     assert "nothing to freeze" in freeze_problems(SMOKE, ["equal"], [])[0]
 
 
+def test_a_freeze_adds_rows_to_the_frozen_file() -> None:
+    first = frozen_document(HELD, ["equal"], "monday")
+    second = frozen_document(HELD, ["untrained"], "tuesday", previous=first)
+    assert second["rows"] == {
+        "equal": settings_hash(HELD, "equal"),
+        "untrained": settings_hash(HELD, "untrained"),
+    }
+    assert second["row_frozen_at"] == {"equal": "monday", "untrained": "tuesday"}
+    # another scale's file is not carried over
+    other = dict(first, scale="elsewhere")
+    assert list(frozen_document(HELD, ["untrained"], "t", previous=other)["rows"]) == ["untrained"]
+    both = FrozenFile(second, "c0ffee" * 6, True)
+    assert problems_before_test(HELD, ["equal", "untrained"], both) == []
+
+
 def _git(repo: Path, *args: str) -> str:
     author = ["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
     return subprocess.run(

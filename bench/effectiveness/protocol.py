@@ -54,14 +54,31 @@ def settings_hash(scale: Scale, row: str) -> str:
     return spec_hash(row_settings(scale, row))
 
 
-def frozen_document(scale: Scale, rows: Sequence[str], frozen_at: str, note: str = "") -> dict:
-    """The content of ``frozen/<scale>.json`` for ``rows``."""
+def frozen_document(
+    scale: Scale,
+    rows: Sequence[str],
+    frozen_at: str,
+    note: str = "",
+    previous: Mapping[str, Any] | None = None,
+) -> dict:
+    """The content of ``frozen/<scale>.json`` for ``rows``, added to the rows of
+    ``previous`` (the file as it was): rows are frozen as each one's dev evidence is in, so
+    rows without a choice to make can start their test cells early. Each row keeps the
+    time it was frozen at."""
+    kept = {}
+    if previous and previous.get("format") == FROZEN_FORMAT and previous.get("scale") == scale.name:
+        kept = dict(previous.get("rows") or {})
+    times = dict((previous or {}).get("row_frozen_at") or {}) if kept else {}
+    for row in dict.fromkeys(rows):
+        kept[row] = settings_hash(scale, row)
+        times[row] = frozen_at
     return {
         "format": FROZEN_FORMAT,
         "scale": scale.name,
         "frozen_at": frozen_at,
         "note": note,
-        "rows": {row: settings_hash(scale, row) for row in dict.fromkeys(rows)},
+        "rows": kept,
+        "row_frozen_at": {row: times.get(row, "") for row in kept},
     }
 
 

@@ -271,7 +271,10 @@ def freeze(args: argparse.Namespace, scale: Scale, paths: Paths) -> int:
         print("cannot freeze:\n  " + "\n  ".join(problems))
         return 2
     path = paths.frozen
-    document = frozen_document(scale, args.freeze, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    previous = json.loads(path.read_text()) if path.exists() else None
+    document = frozen_document(
+        scale, args.freeze, time.strftime("%Y-%m-%dT%H:%M:%S%z"), previous=previous
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}; commit it, then run --phase test")
