@@ -181,6 +181,36 @@ def test_static_mode_asks_once_and_keeps_the_weights(
     assert metrics["mode"] == "static-final"
 
 
+def test_first_epoch_policy_trains_epoch_1_at_the_weights_for_the_searchs_l1(
+    controller: ControllerProcess, policy_run: str, synth_dir: Path, capfd
+) -> None:
+    """--first-epoch policy: epoch 1 at Eq. 7 for epoch 0 on the search's l¹ (the run's
+    initial losses), not at weights 1; later epochs ask with the transfer's own losses."""
+    from controller_service.cli import main
+
+    argv = transfer_argv(controller, policy_run, synth_dir, "policy-start")
+    argv[argv.index("--epochs") + 1] = "2"
+    argv[argv.index("--iterations-per-epoch") + 1] = "1"
+    assert main([*argv, "--first-epoch", "policy"]) == 0
+    metrics = json.loads(capfd.readouterr().out)
+    client = ControllerClient(controller.url)
+    search_l1 = client.get_run(policy_run).initial_losses
+    first = client.weights(policy_run, search_l1, epoch=0, epochs=2).weights
+    second = client.weights(policy_run, metrics["losses"][0], epoch=1, epochs=2).weights
+    assert metrics["weights"] == [pytest.approx(first, rel=1e-9), pytest.approx(second, rel=1e-9)]
+    assert metrics["weights"][0] != dict.fromkeys(LOSSES, 1.0)
+    assert metrics["first_epoch"] == "policy"
+
+
+def test_first_epoch_policy_needs_the_searchs_losses() -> None:
+    from trainer_image.jobs.transfer import ControllerWeights
+
+    with pytest.raises(ValueError, match="initial losses"):
+        ControllerWeights(object(), "r", "ensemble", 2, LOSSES, first_epoch="policy")
+    with pytest.raises(ValueError, match="first_epoch must be one of"):
+        ControllerWeights(None, "r", "ensemble", 2, LOSSES, first_epoch="later")
+
+
 def job(tmp: Path, data_dir: Path, job_id: str, epochs: int = 2) -> JobOptions:
     return JobOptions(
         job_id=job_id,

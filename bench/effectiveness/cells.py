@@ -436,6 +436,7 @@ def run_transfer(ctx: Context, cell: Cell) -> dict[str, Any]:
             "--device", "cpu", "--batch-size", str(s.batch_size), "--epochs", str(s.epochs),
             "--seed", str(cell.seed), "--transfer-id", ctx.job_id(cell), "--log-every", "50",
             "--model", scale_model(s), *optimiser_flags(s, cell), *split_flags(s, cell),
+            "--first-epoch", cell.params.get("first_epoch", "equal"),
         )
     )  # fmt: skip
     metrics = _job_metrics(ctx, ctx.job_id(cell))

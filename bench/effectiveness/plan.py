@@ -145,6 +145,8 @@ MEDIUM_ROWS = (
     "ensemble-local-plr5e-3-log0.5",
     "ada-a-rank-plr5e-3-log0.5",
     "ensemble-rank-plr5e-3-log0.5",
+    "ensemble-from-l1-local-plr5e-3-rel0.5",
+    "ensemble-from-l1-local-plr5e-3-rel0.5-sum",
 )
 MEDIUM = Scale(
     name=MEDIUM_NAME,
@@ -317,6 +319,7 @@ class Row:
     variant: str = "default"  # kinds explore/transfer/untrained: the exploration variant
     head_lr: str | None = None  # the head lr rule, when the row fixes one (else the scale's)
     centre: str = PUBLISHED_CENTRE  # kind grid: where the grid is centred
+    first_epoch: str = "equal"  # kind transfer: `adaseg transfer --first-epoch`
 
 
 def explore_row_name(variant: str) -> str:
@@ -461,7 +464,30 @@ def held_out_rows() -> list[Row]:
             head_lr=PLAIN_HEADS,
         ),
         *[row for variant in HELD_OUT_VARIANTS for row in _variant_rows(variant)],
+        # the ensemble on equal terms with the untrained row: epoch 1 at the policy's weights
+        # for the search's l¹ instead of weights 1 (issue 12, "rows not on equal terms")
+        *[_from_l1_row(variant) for variant in FROM_L1_VARIANTS],
     ]
+
+
+FROM_L1_VARIANTS = (SERVICE_VARIANT, "local-plr5e-3-rel0.5-sum")
+
+
+def from_l1_row_name(variant: str) -> str:
+    return f"ensemble-from-l1-{variant}"
+
+
+def _from_l1_row(variant: str) -> Row:
+    options = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items())
+    return Row(
+        from_l1_row_name(variant),
+        f"Ada-Segment (Comb-dy), epoch 1 at π(l¹)/l¹ of the search, {options}",
+        TRANSFER,
+        "Ablations",
+        mode="ensemble",
+        variant=variant,
+        first_epoch="policy",
+    )
 
 
 def _table_order(rows: list[Row]) -> list[Row]:
@@ -694,6 +720,8 @@ def _row_cells(scale: Scale, row: Row, seed: int) -> list[Cell]:
             "run_options": dict(VARIANTS[row.variant]),
             **extra,
         }
+        if row.first_epoch != "equal":  # only then: the other rows' cached cells stay valid
+            params["first_epoch"] = row.first_epoch
         return [Cell(key, TRANSFER, seed, row.name, params, (explore,), 1, scale.epochs)]
     raise ValueError(f"row {row.name!r} has an unknown kind {row.kind!r}")
 

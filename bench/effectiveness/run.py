@@ -94,7 +94,7 @@ def paths_for(scale: Scale, bench_dir: Path = BENCH_DIR, work_root: Path | None 
     """The committed scales' results and reports are in the repository; any other scale
     (smoke) keeps everything under ``<work_root>/<scale>/`` (default: the ignored
     ``work/``; a test gives its own folder)."""
-    work = (bench_dir / "work" if work_root is None else work_root) / scale.name
+    work = (bench_dir / "work" if work_root is None else work_root.resolve()) / scale.name
     data = work / f"data-{scale.images}-{scale.val_images}-{scale.size}-{scale.data_seed}"
     report = COMMITTED_REPORTS.get(scale.name)
     # Frozen settings are committed for the committed scales; the others' (smoke-heldout)

@@ -15,12 +15,19 @@ from trainer_image.cli.epoch_job import add_job_arguments, run_epoch_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from trainer_image.jobs.transfer import MODES
+    from trainer_image.jobs.transfer import FIRST_EPOCHS, MODES
 
     parser.add_argument("--controller", required=True, help="controller URL, http://host:port")
     parser.add_argument("--policy-run", required=True, help="finished run whose policy to use")
     parser.add_argument("--mode", default="ensemble", choices=MODES)
     parser.add_argument("--gamma", type=float, default=0.9, help="Eq. 7 ensemble decay")
+    parser.add_argument(
+        "--first-epoch",
+        default="equal",
+        choices=FIRST_EPOCHS,
+        help="dynamic modes' epoch 1: weights 1 (the paper's pseudo epoch) or the policy's "
+        "weights for the search's initial losses (a transfer on the searched task)",
+    )
     parser.add_argument(
         "--transfer-id", default=None, help="id under transfers/ (default: random); resumes"
     )
@@ -31,19 +38,33 @@ def main(args: argparse.Namespace) -> int:
     from trainer_image.jobs.transfer import ControllerWeights, check_policy_run
 
     job_id = args.transfer_id or f"transfer-{uuid.uuid4().hex[:10]}"
-    metadata = {"mode": args.mode, "policy_run": args.policy_run, "gamma": args.gamma}
+    metadata = {
+        "mode": args.mode,
+        "policy_run": args.policy_run,
+        "gamma": args.gamma,
+        "first_epoch": args.first_epoch,
+    }
     clients: list[Any] = []
 
     def make_source(model: Any, dist: Any) -> ControllerWeights:
-        client = None
+        client, search_losses = None, None
         if dist.main:  # only rank 0 talks to the controller
             from controller_service.contract.client import ControllerClient
 
             client = ControllerClient(args.controller)
             clients.append(client)
-            check_policy_run(client.get_run(args.policy_run), list(model.loss_names))
+            run = client.get_run(args.policy_run)
+            check_policy_run(run, list(model.loss_names))
+            search_losses = run.initial_losses
         return ControllerWeights(
-            client, args.policy_run, args.mode, args.epochs, list(model.loss_names), args.gamma
+            client,
+            args.policy_run,
+            args.mode,
+            args.epochs,
+            list(model.loss_names),
+            args.gamma,
+            first_epoch=args.first_epoch,
+            search_losses=search_losses,
         )
 
     try:

@@ -6,6 +6,13 @@ before epoch e+1 the controller is asked with l^e, ``epoch=e``, ``epochs=E``
 (Eq. 7). The static modes (``static-pred``, ``static-final``) ask once and keep
 the weights for all E epochs. Under torchrun only rank 0 asks
 (``rank0_only``); the epoch loop broadcasts its answer.
+
+``first_epoch`` (beyond the paper): ``equal`` is the schedule above. ``policy``
+trains epoch 1 at the mode's weights for the *search's* l^1 (``epoch=0``), as the
+search's own members did from round 1 and as the untrained-policy baseline does:
+a transfer to the task it was searched on then spends no epoch at weights 1. On
+another task the search's l^1 need not be the transfer's, so ``equal`` stays the
+default.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ log = logging.getLogger("adaseg.transfer")
 DYNAMIC_MODES = ("ensemble", "final")
 STATIC_MODES = ("static-pred", "static-final")
 MODES = DYNAMIC_MODES + STATIC_MODES
+FIRST_EPOCHS = ("equal", "policy")  # a dynamic mode's epoch 1: weights 1, or π(l¹_search)/l¹
 
 
 @dataclass
@@ -38,18 +46,26 @@ class ControllerWeights:
     gamma: float = 0.9
     rank0_only: bool = True
     kept: WeightingStrategy | None = None  # a new FixedWeights every epoch
+    first_epoch: str = "equal"
+    search_losses: Mapping[str, float] | None = None  # the search's l^1 (first_epoch "policy")
     clipped: list[list[str]] = field(default_factory=list)
     _static: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.first_epoch not in FIRST_EPOCHS:
+            raise ValueError(f"first_epoch must be one of {FIRST_EPOCHS}, got {self.first_epoch!r}")
+        if self.first_epoch == "policy" and self.client is not None and not self.search_losses:
+            raise ValueError("first_epoch 'policy' needs the search's initial losses (l^1)")
 
     def strategy(self, epoch: int, previous_losses: Mapping[str, float] | None) -> FixedWeights:
         if self.mode in STATIC_MODES:
             if self._static is None:
                 self._static = self._ask(None, 1)
             return FixedWeights(self._static)
+        if epoch == 1 and self.first_epoch == "policy":
+            return FixedWeights(self._ask(self.search_losses, 0))
         if epoch == 1:  # the pseudo epoch: its losses are l^1
             self.clipped.append([])
             return FixedWeights.equal(self.loss_names)
