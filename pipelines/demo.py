@@ -56,8 +56,9 @@ class DemoConfig:
     """Every size of the demo; the hash of the sizes names its runs in the store.
 
     The defaults are the small scale of ``bench/effectiveness`` (its data, population,
-    schedule and seed 0), so the demo's three numbers are that benchmark's seed-0 cells
-    of the same rows: one seed of a table that has five.
+    schedule and seed 0), so the baseline is that benchmark's seed-0 cell; the controller
+    rows run the service's current defaults, which that table predates (README, "Two
+    commands").
     """
 
     images: int = 1280

@@ -30,7 +30,7 @@ from controller_service.runs import (
 from controller_service.runs.transitions import RETRY_AFTER_MAX, Change, Context
 from controller_service.search.base import make_strategy
 from controller_service.search.ensemble import transfer_weights
-from controller_service.search.policy import Policy, PolicyConfig
+from controller_service.search.policy import Policy, PolicyConfig, scale_to_loss_sum
 from controller_service.search.rewards import rewards
 
 NAMES = ("semantic", "center", "offset")
@@ -141,7 +141,7 @@ def snapshot_of(change: Change, round_: int) -> dict[str, Any] | None:
 
 
 def test_run_goes_from_pseudo_epoch_through_every_round_to_finished():
-    run = Run(population=3, rounds=2)
+    run = Run(population=3, rounds=2, weight_scale="free")  # the candidates as drawn
     replay = Policy(policy_config(run.spec), 11)
 
     # round 0: one assignment, member 0, all weights 1, from init.pt, at epoch 0 of T
@@ -479,8 +479,12 @@ def test_transfer_weights_need_a_snapshot_then_use_the_completed_rounds():
     snapshot = {1: snapshot_of(run.finish_round(), 1)}
     answer = views.transfer_weights_for(run.state, snapshot, GOOD_LOSSES, 2, 10, mode="final")
     policy = Policy.from_state_dict(policy_config(run.spec), run.state.strategy_state["policy"])
-    expected = policy.mean_weights([GOOD_LOSSES[n] for n in NAMES])
+    losses = [GOOD_LOSSES[n] for n in NAMES]
+    # the default weight_scale "loss-sum": pi(l)/l scaled so that sum lambda_i l_i = sum l_i
+    expected = scale_to_loss_sum(policy.mean_weights(losses), losses)
     assert list(answer["weights"].values()) == pytest.approx(expected, rel=1e-12)
+    weighted = sum(answer["weights"][n] * GOOD_LOSSES[n] for n in NAMES)
+    assert weighted == pytest.approx(sum(losses), rel=1e-12)
     assert answer["snapshots"] == 1
     static = views.transfer_weights_for(run.state, snapshot, None, 0, 10, mode="static-final")
     assert tuple(static["weights"].values()) == run.state.best.weights
@@ -492,8 +496,20 @@ def test_transfer_weights_need_a_snapshot_then_use_the_completed_rounds():
     assert caught.value.loc == ("losses",)
 
 
-def test_defaults_are_the_papers_but_four_and_every_layer_agrees():
-    """The paper's settings stay selectable; a run's defaults differ in four Ada-Segment
+def test_a_run_stored_before_weight_scale_existed_keeps_the_free_scale():
+    """A default that changes must not change a stored run: its config is read with the
+    value it ran with (spec.STORED_BEFORE); a config that names the field keeps it."""
+    stored = RunSpec(loss_names=NAMES).config()
+    del stored["weight_scale"]
+    assert RunSpec.from_config(NAMES, stored).weight_scale == "free"
+    assert RunSpec(loss_names=NAMES).weight_scale == "loss-sum"
+    assert RunSpec.from_config(NAMES, RunSpec(loss_names=NAMES).config()).weight_scale == (
+        "loss-sum"
+    )
+
+
+def test_defaults_are_the_papers_but_five_and_every_layer_agrees():
+    """The paper's settings stay selectable; a run's defaults differ in five Ada-Segment
     settings (RunSpec's docstring says why). The pure config keeps the paper's,
     PAPER_SETTINGS brings a run back to them, and the run spec and the HTTP schema agree
     on every default."""
@@ -508,6 +524,7 @@ def test_defaults_are_the_papers_but_four_and_every_layer_agrees():
         "policy_steps": 1,
         "hidden": 16,
         "reward_terms": "local",
+        "weight_scale": "loss-sum",
         "lease_seconds": 600.0,
         "max_attempts": 3,
     }
@@ -516,6 +533,7 @@ def test_defaults_are_the_papers_but_four_and_every_layer_agrees():
         "sigma_mode": "absolute",
         "policy_lr": 5e-2,
         "reward_terms": "local+imp",
+        "weight_scale": "free",
     }
     paper = PolicyConfig(n_losses=len(NAMES))
     assert (paper.lr, paper.weight_decay, paper.sigma, paper.sigma_mode) == (

@@ -52,7 +52,7 @@ class Response(BaseModel):
 
 class CreateRunRequest(Request):
     """A run's settings. Omitted fields take the defaults shown; the defaults differ from the
-    paper in four Ada-Segment settings (README, "Configuration", says why). Options of one
+    paper in five Ada-Segment settings (README, "Configuration", says why). Options of one
     strategy are refused for another (e.g. ``policy_lr`` with ``strategy: pbt``)."""
 
     loss_names: list[str] = Field(
@@ -92,7 +92,7 @@ class CreateRunRequest(Request):
         "local", description="'local+imp' (Eq. 5, the paper), 'local' (Eq. 3) or 'rank'"
     )
     weight_scale: WeightScale = Field(
-        "free",
+        "loss-sum",
         description="'free' (the policy's weights as drawn, the paper) or 'loss-sum' (each "
         "weight vector scaled so that sum lambda_i l_i = sum l_i: only ratios are searched)",
     )
