@@ -22,7 +22,8 @@ from controller_service.contract.client import Conflict, ControllerClient
 from controller_service.contract.keys import init_checkpoint_key, policy_snapshot_key
 from controller_service.contract.store import ObjectStore, open_store
 from controller_service.runs import PAPER_SETTINGS, RunSpec
-from controller_service.search.policy import Policy
+from controller_service.runs.spec import WEIGHT_FLOOR
+from controller_service.search.policy import Policy, clip_weights, scale_to_loss_sum
 from controller_service.search.rewards import rewards
 from tests.test_runs import policy_config
 
@@ -76,7 +77,13 @@ def replay_policy(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
         inputs = [record["input_losses"][n] for n in NAMES]
         draw = policy.sample(policy.mean_weights(inputs), run["population"])
         trained = record["candidates"]
-        assert [[c["weights"][n] for n in NAMES] for c in trained] == draw.candidates
+        expected_weights = draw.candidates
+        if spec.weight_scale == "loss-sum":  # members train the draws scaled to Σλl = Σl
+            expected_weights = [
+                list(clip_weights(scale_to_loss_sum(c, inputs), WEIGHT_FLOOR))
+                for c in draw.candidates
+            ]
+        assert [[c["weights"][n] for n in NAMES] for c in trained] == expected_weights
         assert record["invalid_draws"] == len(draw.invalid)
         pqs = [c["pq"] if c["outcome"] == "trained" else None for c in trained]
         expected = rewards(pqs, best_pq, record["round"], run["rounds"], spec.reward_terms)
