@@ -22,7 +22,12 @@ import torch
 from torch import nn
 
 from controller_service.contract.client import ControllerClient
-from controller_service.contract.external import HEAD_KEY, TransferWeights, scale_head_lrs
+from controller_service.contract.external import (
+    FIRST_EPOCHS,
+    HEAD_KEY,
+    TransferWeights,
+    scale_head_lrs,
+)
 
 LOSS_NAMES = ("classification", "regression")
 LR = 1e-2
@@ -47,6 +52,12 @@ def main() -> None:
         "--run", required=True, help="a finished run with losses " + str(LOSS_NAMES)
     )
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument(
+        "--first-epoch",
+        default="equal",
+        choices=FIRST_EPOCHS,
+        help="epoch 1 at weights 1, or at the policy's weights for the search's l¹",
+    )
     parser.add_argument("--no-head-rule", action="store_true", help="heads at the plain lr")
     args = parser.parse_args()
 
@@ -61,7 +72,13 @@ def main() -> None:
         {"params": model.regress.parameters(), HEAD_KEY: "regression"},
     ]
     optimizer = torch.optim.SGD(groups, lr=LR, momentum=0.9)
-    transfer = TransferWeights(ControllerClient(args.controller), args.run, LOSS_NAMES, args.epochs)
+    transfer = TransferWeights(
+        ControllerClient(args.controller),
+        args.run,
+        LOSS_NAMES,
+        args.epochs,
+        first_epoch=args.first_epoch,
+    )
 
     for epoch in range(1, args.epochs + 1):
         weights = dict(transfer.weights)

@@ -41,3 +41,23 @@ def test_external_trainer_gets_its_weights_from_the_policy(controller: Controlle
         assert trunk == 1e-2
         assert classify == pytest.approx(1e-2 / epoch["weights"]["classification"])
         assert regress == pytest.approx(1e-2 / epoch["weights"]["regression"])
+
+
+def test_external_trainer_can_start_at_the_policys_weights(controller: ControllerProcess) -> None:
+    """first_epoch="policy": epoch 1 trains at Eq. 7 for epoch 0 on the search's l¹."""
+    client = ControllerClient(controller.url)
+    run = client.create_run(["classification", "regression"], population=2, rounds=2, seed=6)
+    finish_run_with_fake_trainer(client, run.id, {"classification": 1.1, "regression": 120.0})
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--controller", controller.url, "--run", run.id]
+        + ["--epochs", "2", "--first-epoch", "policy"],
+        env=controller.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    first = json.loads(result.stdout.splitlines()[0])
+    search_l1 = client.get_run(run.id).initial_losses
+    assert first["weights"] == client.weights(run.id, search_l1, epoch=0, epochs=2).weights
+    assert first["weights"] != {"classification": 1.0, "regression": 1.0}

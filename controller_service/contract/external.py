@@ -5,7 +5,8 @@ Three small pieces around :class:`~controller_service.contract.client.Controller
 * :class:`EpochLosses` accumulates each loss's mean over an epoch (Eq. 7 is asked with
   the mean losses of the epoch that just ended);
 * :class:`TransferWeights` holds the current weights (all 1 in epoch 1, the paper's
-  pseudo epoch), weights a loss dict, and asks the controller for the next epoch's;
+  pseudo epoch; or, with ``first_epoch="policy"``, the policy's weights for the search's
+  own initial losses), weights a loss dict, and asks the controller for the next epoch's;
 * :func:`scale_head_lrs` applies the paper's head rule to an optimizer's parameter
   groups: the parameters of loss i's head train at lr/λ_i, so the weights act on the
   shared backbone only (Implementation Details). Our own trainer always does this;
@@ -25,6 +26,10 @@ from typing import Any, TypeVar
 from controller_service.contract.client import ControllerClient
 
 T = TypeVar("T")
+# A transfer's epoch 1: weights 1 (the paper's pseudo epoch, which measures l^1), or Eq. 7
+# for epoch 0 on the search's l^1 (the run's initial_losses): for a transfer on the task
+# that was searched, where the two l^1 agree (docs/design.md).
+FIRST_EPOCHS = ("equal", "policy")
 HEAD_KEY = "adaseg_loss"  # a parameter group holding loss i's head carries {HEAD_KEY: name}
 
 
@@ -58,7 +63,8 @@ class EpochLosses:
 class TransferWeights:
     """Loss weights of a transfer run from the policy of ``run_id`` (Eq. 7 by default).
 
-    Epoch 1 trains with every weight 1 (the pseudo epoch); :meth:`end_epoch` after epoch
+    Epoch 1 trains with every weight 1 (the pseudo epoch), or with ``first_epoch``
+    "policy" at the policy's weights for the search's l^1; :meth:`end_epoch` after epoch
     e asks for the weights of epoch e+1 with the mean losses of epoch e.
     """
 
@@ -70,10 +76,19 @@ class TransferWeights:
         epochs: int,
         mode: str = "ensemble",
         gamma: float = 0.9,
+        first_epoch: str = "equal",
     ) -> None:
+        if first_epoch not in FIRST_EPOCHS:
+            raise ValueError(f"first_epoch must be one of {FIRST_EPOCHS}, got {first_epoch!r}")
         self.client, self.run_id, self.epochs = client, run_id, epochs
         self.mode, self.gamma = mode, gamma
         self.weights = dict.fromkeys(loss_names, 1.0)
+        if first_epoch == "policy":
+            search_losses = client.get_run(run_id).initial_losses
+            answer = client.weights(
+                run_id, search_losses, epoch=0, epochs=epochs, mode=mode, gamma=gamma
+            )
+            self.weights = dict(answer.weights)
         self.losses = EpochLosses(loss_names)
 
     def weighted(self, losses: Mapping[str, T]) -> T:

@@ -15,7 +15,8 @@ from trainer_image.cli.epoch_job import add_job_arguments, run_epoch_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from trainer_image.jobs.transfer import FIRST_EPOCHS, MODES
+    from controller_service.contract.external import FIRST_EPOCHS
+    from trainer_image.jobs.transfer import MODES
 
     parser.add_argument("--controller", required=True, help="controller URL, http://host:port")
     parser.add_argument("--policy-run", required=True, help="finished run whose policy to use")

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller_service.contract.external import FIRST_EPOCHS
 from controller_service.contract.schemas import RunRecord
 from trainer_image.weighting.base import WeightingStrategy
 from trainer_image.weighting.fixed import FixedWeights
@@ -31,7 +32,6 @@ log = logging.getLogger("adaseg.transfer")
 DYNAMIC_MODES = ("ensemble", "final")
 STATIC_MODES = ("static-pred", "static-final")
 MODES = DYNAMIC_MODES + STATIC_MODES
-FIRST_EPOCHS = ("equal", "policy")  # a dynamic mode's epoch 1: weights 1, or π(l¹_search)/l¹
 
 
 @dataclass
