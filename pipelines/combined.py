@@ -57,6 +57,7 @@ def build_combined_pipeline(image: str = c.TRAINER_IMAGE):
         transfer_iterations_per_epoch: int = 0,
         transfer_model: str = c.DEFAULT_MODEL,
         transfer_model_config: dict = c.DEFAULT_MODEL_CONFIG,
+        transfer_first_epoch: str = "policy",
         gpu_node_selector: dict = c.DEFAULT_GPU_NODE_SELECTOR,
         gpu_tolerations: list = c.DEFAULT_GPU_TOLERATIONS,
         minio_secret: str = c.DEFAULT_MINIO_SECRET,
@@ -103,6 +104,7 @@ def build_combined_pipeline(image: str = c.TRAINER_IMAGE):
             iterations_per_epoch=transfer_iterations_per_epoch,
             model=transfer_model,
             model_config=transfer_model_config,
+            first_epoch=transfer_first_epoch,
             **common,
             **placement,
         )

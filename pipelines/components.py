@@ -75,6 +75,8 @@ PARAMETER_HELP = {
     "policy_run": "Id of the finished search run whose policy gives the weights.",
     "epochs": "Epochs of the transfer run.",
     "mode": "Weights from the policy: ensemble (Eq. 7), final, static-pred or static-final.",
+    "first_epoch": "Epoch 1 of a dynamic mode: equal (weights 1, the paper) or policy (the "
+    "policy's weights for the search's l1; for a transfer on the data that was searched).",
     "gpus": "GPUs of the transfer pod; torchrun starts one process per GPU.",
     "transfer_id": "Name of the transfer in the store; empty = {policy_run}-{mode}-kfp{job id}.",
     "iterations_per_epoch": "Iterations per transfer epoch; 0 = the whole train split.",
@@ -87,6 +89,8 @@ PARAMETER_HELP = {
     "transfer_iterations_per_epoch": "Iterations per transfer epoch; 0 = whole split.",
     "transfer_model": "Registered model of the transfer run; empty = the trainers' default.",
     "transfer_model_config": "The transfer model's settings; {} = its defaults (CPU-sized).",
+    "transfer_first_epoch": "Transfer epoch 1: policy (the policy's weights for the search's "
+    "l1, for a transfer on the searched data) or equal (weights 1, the paper).",
     "gpu_node_selector": "nodeSelector of the GPU pods, e.g. {} or {'gpu-type': 'a100'}.",
     "gpu_tolerations": "Tolerations of the GPU pods (list of Kubernetes tolerations).",
     "minio_secret": "Secret with ADASEG_S3_ACCESS_KEY and ADASEG_S3_SECRET_KEY, in the "
@@ -247,6 +251,7 @@ def transfer(
     seed: int,
     model: str,
     model_config: dict,
+    first_epoch: str,
     s3_endpoint: str,
     s3_secure: bool,
     metrics: dsl.Output[dsl.Metrics],
@@ -273,6 +278,7 @@ def transfer(
             seed=seed,
             model=model,
             model_config=model_config,
+            first_epoch=first_epoch,
         ),
         env=steps.s3_environment(s3_endpoint, s3_secure),
     )

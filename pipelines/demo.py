@@ -76,8 +76,22 @@ class DemoConfig:
         sizes = asdict(self)
         if self.model == DEFAULT_MODEL:  # the default keeps the tag it always had
             del sizes["model"]
+        # and what the demo does with them: a run finished under other defaults is not resumed
+        sizes["method"] = method_settings()
         digest = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()
         return f"demo-{digest[:10]}"
+
+
+# The demo transfers on the data it searched, as the combined pipeline does by default.
+TRANSFER_FIRST_EPOCH = "policy"
+
+
+def method_settings() -> dict[str, Any]:
+    """The controller's run defaults and the transfer's epoch-1 rule, as the demo uses them."""
+    from controller_service.contract.schemas import CreateRunRequest
+
+    defaults = CreateRunRequest(loss_names=["x"]).model_dump(exclude={"loss_names", "seed", "name"})
+    return {"run": defaults, "transfer_first_epoch": TRANSFER_FIRST_EPOCH}
 
 
 QUICK = DemoConfig(images=64, val_images=16, size=48, population=2, rounds=2, transfer_epochs=3)
@@ -283,7 +297,7 @@ class DemoSession:
             transfer_argv(
                 url, run_id, self.data_dir, self.store_uri, c.transfer_epochs, mode="ensemble",
                 transfer_id=f"{self.tag}-ensemble", device="cpu", batch_size=c.batch_size,
-                seed=c.seed, model=c.model,
+                seed=c.seed, model=c.model, first_epoch=TRANSFER_FIRST_EPOCH,
             ),
             stdout=subprocess.DEVNULL,  # the metrics JSON it prints is in the store
             env=env_with_threads(1),

@@ -169,6 +169,7 @@ def transfer_command(
     seed: int = 0,
     model: str = "",
     model_config: Mapping[str, Any] | None = None,
+    first_epoch: str = "equal",
     python: str = sys.executable,
 ) -> list[str]:
     """``adaseg transfer``; under ``torchrun`` with one process per GPU when ``gpus > 1``.
@@ -187,6 +188,7 @@ def transfer_command(
         "--controller", controller_url, "--policy-run", policy_run, "--data", data_dir,
         "--epochs", str(epochs), "--mode", mode, "--store", store_uri,
         "--transfer-id", transfer_id, "--device", device, "--seed", str(seed),
+        "--first-epoch", first_epoch,
         *_optional("--batch-size", batch_size),
         *_optional("--iterations-per-epoch", iterations_per_epoch),
         *_model_options(model, model_config),

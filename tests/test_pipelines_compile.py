@@ -271,6 +271,25 @@ def test_every_training_task_trains_the_model_of_the_pipeline_parameters(name: s
     }, "a training task without the model parameters, or an unknown one"
 
 
+@pytest.mark.parametrize(
+    ("name", "parameter", "default"),
+    [("transfer", "first_epoch", "equal"), ("combined", "transfer_first_epoch", "policy")],
+)
+def test_the_transfer_task_takes_its_first_epoch_rule_from_the_pipeline(
+    name: str, parameter: str, default: str
+) -> None:
+    """A standalone transfer may be on other data: the paper's epoch 1 by default. The
+    combined pipeline transfers on the data it searched: the policy's weights from epoch 1
+    (docs/design.md)."""
+    spec, _ = load(name)
+    task = all_tasks(spec)["transfer"]
+    assert _root_parameter(spec, task, "first_epoch") == parameter
+    assert spec["root"]["inputDefinitions"]["parameters"][parameter]["defaultValue"] == default
+    executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    code = "\n".join(spec["deploymentSpec"]["executors"][executor]["container"]["command"])
+    assert "first_epoch=first_epoch" in code
+
+
 @pytest.mark.parametrize("name", ["search", "combined"])
 def test_worker_ids_come_from_the_run_id_and_the_slot_not_the_pod(name: str) -> None:
     """A retried task (same run, same inputs) must lease under its previous name."""

@@ -68,7 +68,10 @@ def test_transfer_command_uses_torchrun_for_several_gpus() -> None:
     tail = ["-m", "controller_service", "transfer", "--controller", "http://c:8080"]
     tail += ["--policy-run", "r1", "--data", "/data", "--epochs", "3", "--mode", "ensemble"]
     tail += ["--store", "file:///s", "--transfer-id", "t1", "--device", "cpu", "--seed", "0"]
+    tail += ["--first-epoch", "equal"]
     assert steps.transfer_command(**common) == [PY, *tail]
+    policy_start = steps.transfer_command(**common, first_epoch="policy")
+    assert policy_start == [PY, *tail[:-1], "policy"]
     torchrun = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
     assert steps.transfer_command(**common, gpus=4, iterations_per_epoch=2) == [
         *torchrun,
