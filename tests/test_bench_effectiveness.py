@@ -290,6 +290,17 @@ def test_cached_benchmark_runs_nothing_and_renders_the_report(tmp_path: Path) ->
 # -- controller runs --------------------------------------------------------------------------
 
 
+def test_the_defaults_variant_is_what_a_run_gets_by_default() -> None:
+    """The rows labelled "the service's defaults" run what POST /v1/runs gives a run that
+    names none of its options: the paper's settings changed by DEFAULTS_VARIANT."""
+    from bench.effectiveness.plan import DEFAULTS_VARIANT
+    from controller_service.runs import PAPER_SETTINGS, RunSpec
+
+    config = RunSpec(loss_names=("a", "b")).config()
+    chosen = {**PAPER_SETTINGS, **VARIANTS[DEFAULTS_VARIANT]}
+    assert {key: config[key] for key in chosen} == chosen
+
+
 def test_pbt_runs_through_the_service_strategy_and_variants_change_the_papers_settings() -> None:
     from bench.effectiveness.cells import run_options
     from controller_service.runs import PAPER_SETTINGS, RunSpec

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.effectiveness.plan import (
+    DEFAULTS_VARIANT,
     DEV,
     EXPLORE,
     GRID,
@@ -372,8 +373,10 @@ def plot_pq_vs_cost(
             )
             if not ablation:
                 label = row.row.name
-                if row.row.variant == SERVICE_VARIANT:
-                    label = label.replace(f"-{SERVICE_VARIANT}", " (service defaults)")
+                if row.row.variant == DEFAULTS_VARIANT:
+                    label = label.replace(f"-{DEFAULTS_VARIANT}", " (service defaults)")
+                elif row.row.variant == SERVICE_VARIANT:
+                    label = label.replace(f"-{SERVICE_VARIANT}", " (former defaults)")
                 left = row.row.kind == EXPLORE  # the explorations' labels left of their point
                 ax.annotate(
                     label,
