@@ -216,23 +216,27 @@ def render_held_out_report(args: argparse.Namespace, scale: Scale, paths: Paths)
     from bench.effectiveness.report import PhaseTable, render_held_out
 
     rows = list(dict.fromkeys([*default_row_names(scale), *args.rows]))
+    frozen = read_frozen(paths.frozen)
+    frozen_rows = (frozen.document or {}).get("rows") or {}
     phases = {}
     for phase in PHASES:
         seeds = list(phase_seeds(scale, phase))
-        cells = plan(scale, rows, seeds)
+        # the test table has the frozen rows only: no other row may have test cells
+        wanted = [r for r in rows if r in frozen_rows] if phase == TEST and frozen_rows else rows
+        cells = plan(scale, wanted, seeds)
         results = done_results(paths.results, scale, cells)
         phases[phase] = PhaseTable(
             phase=phase,
             seeds=seeds,
             cells=cells,
-            rows=table(scale, rows, seeds, results),
+            rows=table(scale, wanted, seeds, results),
             results=results,
         )
     return render_held_out(
         paths.report,
         scale=scale,
         phases=phases,
-        frozen=read_frozen(paths.frozen),
+        frozen=frozen,
         machine=machine(),
     )
 
