@@ -30,6 +30,14 @@ T = TypeVar("T")
 # for epoch 0 on the search's l^1 (the run's initial_losses): for a transfer on the task
 # that was searched, where the two l^1 agree (docs/design.md).
 FIRST_EPOCHS = ("equal", "policy")
+
+
+def check_first_epoch(first_epoch: str) -> None:
+    """Refuse an unknown epoch-1 rule (every launcher of a transfer takes one)."""
+    if first_epoch not in FIRST_EPOCHS:
+        raise ValueError(f"first_epoch must be one of {FIRST_EPOCHS}, got {first_epoch!r}")
+
+
 HEAD_KEY = "adaseg_loss"  # a parameter group holding loss i's head carries {HEAD_KEY: name}
 
 
@@ -78,8 +86,7 @@ class TransferWeights:
         gamma: float = 0.9,
         first_epoch: str = "equal",
     ) -> None:
-        if first_epoch not in FIRST_EPOCHS:
-            raise ValueError(f"first_epoch must be one of {FIRST_EPOCHS}, got {first_epoch!r}")
+        check_first_epoch(first_epoch)
         self.client, self.run_id, self.epochs = client, run_id, epochs
         self.mode, self.gamma = mode, gamma
         self.weights = dict.fromkeys(loss_names, 1.0)

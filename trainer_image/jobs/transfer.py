@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller_service.contract.external import FIRST_EPOCHS
+from controller_service.contract.external import check_first_epoch
 from controller_service.contract.schemas import RunRecord
 from trainer_image.weighting.base import WeightingStrategy
 from trainer_image.weighting.fixed import FixedWeights
@@ -54,8 +54,7 @@ class ControllerWeights:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.first_epoch not in FIRST_EPOCHS:
-            raise ValueError(f"first_epoch must be one of {FIRST_EPOCHS}, got {self.first_epoch!r}")
+        check_first_epoch(self.first_epoch)
         if self.first_epoch == "policy" and self.client is not None and not self.search_losses:
             raise ValueError("first_epoch 'policy' needs the search's initial losses (l^1)")
 
