@@ -119,16 +119,21 @@ def test_config_round_trip_rebuilds_the_same_model(model: PanopticDeepLab) -> No
     assert rebuilt.config == config
 
 
-def test_categories_are_taken_in_id_order_like_the_split() -> None:
+@pytest.mark.parametrize("name", ["panoptic_deeplab", "mask_transformer"])
+def test_categories_are_taken_in_id_order_like_the_split(name: str) -> None:
     shuffled = [CATEGORIES[2], {"id": 1, "name": "cat", "isthing": 1}, CATEGORIES[0]]
-    model = build_model("panoptic_deeplab", shuffled)
+    model = build_model(name, shuffled)
     assert [c["id"] for c in model.categories] == [1, 3, 20]
     assert model.category_ids.tolist() == [1, 3, 20]
     assert model.thing_classes.tolist() == [True, True, False]
+    # derived from the config, so a checkpoint does not carry them
+    assert not {"category_ids", "thing_classes"} & set(model.state_dict())
     with pytest.raises(ValueError, match="unique"):
-        build_model("panoptic_deeplab", [CATEGORIES[0], CATEGORIES[0]])
+        build_model(name, [CATEGORIES[0], CATEGORIES[0]])
     with pytest.raises(ValueError, match="isthing"):
-        build_model("panoptic_deeplab", [{"id": 1, "name": "cat"}])
+        build_model(name, [{"id": 1, "name": "cat"}])
+    with pytest.raises(ValueError, match="at least one category"):
+        MODELS[name]([])  # built directly, without the registry's check
 
 
 def test_presets_and_overrides() -> None:

@@ -125,7 +125,7 @@ from trainer_image.models.mask_losses import (
 from trainer_image.models.mask_postprocess import mask_panoptic_inference
 from trainer_image.models.matching import MatchCosts, match
 from trainer_image.models.postprocess import PanopticPrediction
-from trainer_image.models.registry import category_dicts, preset_config, register_model
+from trainer_image.models.registry import preset_config, register_categories, register_model
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -414,9 +414,8 @@ class MaskTransformer(nn.Module):
             raise ValueError(f"reclass_eta must lie in [0, 1], got {cfg['reclass_eta']}")
         if not float(cfg["no_object_weight"]) > 0:
             raise ValueError(f"no_object_weight must be > 0, got {cfg['no_object_weight']}")
-        cats = category_dicts(categories)
+        cats = register_categories(self, categories)
         self.config: dict[str, Any] = {"categories": cats, "preset": preset, **cfg}
-        self.categories = cats
         self.num_classes = len(cats)
         layers = cfg["decoder_layers"]
         self.loss_names = loss_names_for(layers)
@@ -436,12 +435,6 @@ class MaskTransformer(nn.Module):
         self.mask_heads = nn.ModuleList(MaskHead(d) for _ in range(layers + 1))
         self.semantic_head = nn.Sequential(
             conv_norm_relu(d, d, cfg["norm"]), nn.Conv2d(d, self.num_classes, 1)
-        )
-        self.register_buffer(
-            "thing_classes", torch.tensor([c["isthing"] for c in cats]), persistent=False
-        )
-        self.register_buffer(
-            "category_ids", torch.tensor([c["id"] for c in cats]), persistent=False
         )
         self._initialise()
 

@@ -31,7 +31,7 @@ from torch import nn
 from trainer_image.models.backbone import NORMS, ResNetBackbone, conv_norm_relu
 from trainer_image.models.losses import hard_pixel_cross_entropy, weighted_l1, weighted_mse
 from trainer_image.models.postprocess import PanopticPrediction, panoptic_postprocess
-from trainer_image.models.registry import category_dicts, preset_config, register_model
+from trainer_image.models.registry import preset_config, register_categories, register_model
 from trainer_image.targets import REFERENCE_SIZE, PanopticDeepLabTargets
 
 PUBLISHED_WEIGHTS = {"semantic": 1.0, "center": 200.0, "offset": 0.01}
@@ -152,11 +152,8 @@ class PanopticDeepLab(nn.Module):
         cfg["aspp_dilations"] = [int(d) for d in cfg["aspp_dilations"]]
         if cfg["norm"] not in NORMS:
             raise ValueError(f"unknown norm {cfg['norm']!r}; expected one of {NORMS}")
-        cats = category_dicts(categories)
-        if not cats:
-            raise ValueError("panoptic_deeplab needs at least one category")
+        cats = register_categories(self, categories)
         self.config: dict[str, Any] = {"categories": cats, "preset": preset, **cfg}
-        self.categories = cats
 
         self.backbone = ResNetBackbone(cfg["width"], cfg["blocks"], cfg["norm"])
         self.decoder = Decoder(
@@ -167,13 +164,6 @@ class PanopticDeepLab(nn.Module):
         self.semantic_head = Head(d, h, len(cats), norm)
         self.center_head = Head(d, h, 1, norm)
         self.offset_head = Head(d, h, 2, norm)
-        # Derived from config, so not in state_dict (a checkpoint holds learned state only).
-        self.register_buffer(
-            "thing_classes", torch.tensor([c["isthing"] for c in cats]), persistent=False
-        )
-        self.register_buffer(
-            "category_ids", torch.tensor([c["id"] for c in cats]), persistent=False
-        )
         self._initialise()
 
     def _initialise(self) -> None:

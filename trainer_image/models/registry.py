@@ -95,6 +95,22 @@ def category_dicts(categories: Sequence[Any]) -> list[dict[str, Any]]:
     return dicts
 
 
+def register_categories(model: nn.Module, categories: Sequence[Any]) -> list[dict[str, Any]]:
+    """Give ``model`` its categories (as :func:`category_dicts`) and the two tensors every
+    model's inference reads: which classes are things, and each class's category id.
+    The tensors derive from the config, so they stay out of ``state_dict`` (a checkpoint
+    holds learned state only)."""
+    cats = category_dicts(categories)
+    if not cats:
+        raise ValueError(f"{type(model).__name__} needs at least one category")
+    model.categories = cats
+    model.register_buffer(
+        "thing_classes", torch.tensor([c["isthing"] for c in cats]), persistent=False
+    )
+    model.register_buffer("category_ids", torch.tensor([c["id"] for c in cats]), persistent=False)
+    return cats
+
+
 def preset_config(
     model: str,
     presets: Mapping[str, Mapping[str, Any]],
