@@ -15,8 +15,6 @@ from kfp import dsl
 
 from pipelines import components as c
 
-TRANSFER_MODES = ("ensemble", "final", "static-pred", "static-final")
-
 
 def add_transfer_task(
     *,

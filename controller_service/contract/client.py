@@ -32,6 +32,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from controller_service.contract import schemas
+from controller_service.search.options import DEFAULT_GAMMA, DEFAULT_TRANSFER_MODE
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -291,8 +292,8 @@ class ControllerClient:
         losses: Mapping[str, float] | None,
         epoch: int,
         epochs: int,
-        mode: str = "ensemble",
-        gamma: float = 0.9,
+        mode: str = DEFAULT_TRANSFER_MODE,
+        gamma: float = DEFAULT_GAMMA,
     ) -> schemas.WeightsResponse:
         """Transfer weights (Eq. 7 or a static mode) for the epoch after ``epoch``."""
         body: dict[str, Any] = {"epoch": epoch, "epochs": epochs, "mode": mode, "gamma": gamma}

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, TypeVar
 
 from controller_service.contract.client import ControllerClient
+from controller_service.search.options import DEFAULT_GAMMA, DEFAULT_TRANSFER_MODE
 
 T = TypeVar("T")
 # A transfer's epoch 1: weights 1 (the paper's pseudo epoch, which measures l^1), or Eq. 7
@@ -82,8 +83,8 @@ class TransferWeights:
         run_id: str,
         loss_names: Sequence[str],
         epochs: int,
-        mode: str = "ensemble",
-        gamma: float = 0.9,
+        mode: str = DEFAULT_TRANSFER_MODE,
+        gamma: float = DEFAULT_GAMMA,
         first_epoch: str = "equal",
     ) -> None:
         check_first_epoch(first_epoch)

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller_service.contract import limits as L
 from controller_service.search.options import (
+    DEFAULT_GAMMA,
     DEFAULT_STRATEGY,
+    DEFAULT_TRANSFER_MODE,
     REWARD_TERMS,
     SIGMA_MODES,
     STRATEGY_MODULES,
@@ -318,9 +320,10 @@ class WeightsRequest(Request):
     epoch: int = Field(ge=0, description="epoch e just finished (0: before training)")
     epochs: int = Field(ge=1, description="epochs E of the transfer run")
     mode: TransferMode = Field(
-        "ensemble", description="'ensemble' (Eq. 7), 'final', 'static-pred' or 'static-final'"
+        DEFAULT_TRANSFER_MODE,
+        description="'ensemble' (Eq. 7), 'final', 'static-pred' or 'static-final'",
     )
-    gamma: float = Field(0.9, gt=0, le=L.MAX_GAMMA, description="Eq. 7 decay")
+    gamma: float = Field(DEFAULT_GAMMA, gt=0, le=L.MAX_GAMMA, description="Eq. 7 decay")
 
 
 class WeightsResponse(Response):

@@ -51,6 +51,7 @@ from controller_service.runs.reports import CheckedReport, MemberReport
 from controller_service.runs.spec import RunSpec
 from controller_service.runs.state import RunState
 from controller_service.search.base import JSON, SearchStrategy, make_strategy
+from controller_service.search.options import DEFAULT_GAMMA, DEFAULT_TRANSFER_MODE
 
 log = logging.getLogger(__name__)
 
@@ -485,8 +486,8 @@ class RunRepository:
         losses: Mapping[str, float] | None,
         epoch: int,
         epochs: int,
-        mode: str = "ensemble",
-        gamma: float = 0.9,
+        mode: str = DEFAULT_TRANSFER_MODE,
+        gamma: float = DEFAULT_GAMMA,
     ) -> JSON:
         slot, state = self._observe(run_id)
         snapshots = self._snapshots(run_id, slot, state)

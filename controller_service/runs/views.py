@@ -15,7 +15,7 @@ from controller_service.runs.errors import RunConflict, RunInputError
 from controller_service.runs.spec import WEIGHT_FLOOR
 from controller_service.runs.state import DONE, LEASED, PENDING, Member, RunState
 from controller_service.search.base import JSON
-from controller_service.search.options import TRANSFER_MODES
+from controller_service.search.options import DEFAULT_GAMMA, DEFAULT_TRANSFER_MODE, TRANSFER_MODES
 
 POLICY_FORMAT = "adaseg-policy/v1"
 
@@ -238,8 +238,8 @@ def transfer_weights_for(
     losses: Mapping[str, float] | None,
     epoch: int,
     epochs: int,
-    mode: str = "ensemble",
-    gamma: float = 0.9,
+    mode: str = DEFAULT_TRANSFER_MODE,
+    gamma: float = DEFAULT_GAMMA,
 ) -> JSON:
     """Eq. 7 (or a Table 2 mode) over the run's snapshots: ``{weights, clipped, ...}``.
 

@@ -26,7 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from controller_service.search.options import TRANSFER_MODES, WEIGHT_SCALES
+from controller_service.search.options import (
+    DEFAULT_GAMMA,
+    DEFAULT_TRANSFER_MODE,
+    TRANSFER_MODES,
+    WEIGHT_SCALES,
+)
 from controller_service.search.policy import (
     clip_nonpositive,
     clip_weights,
@@ -86,8 +91,8 @@ def transfer_weights(
     losses: Sequence[float] | None,
     epoch: int,
     epochs: int,
-    mode: str = "ensemble",
-    gamma: float = 0.9,
+    mode: str = DEFAULT_TRANSFER_MODE,
+    gamma: float = DEFAULT_GAMMA,
     initial_losses: Sequence[float] | None = None,
     final_weights: Sequence[float] | None = None,
     floor: float = 1e-3,

@@ -15,4 +15,9 @@ REWARD_TERMS = ("local+imp", "local", "rank")  # Eq. 5, Eq. 3 only, centred rank
 # that sum_i lambda_i l_i = sum_i l_i on the policy's input losses (ours): only ratios are
 # searched, never the overall scale, which acts as the shared layers' learning rate
 WEIGHT_SCALES = ("free", "loss-sum")
-TRANSFER_MODES = ("ensemble", "final", "static-pred", "static-final")  # Eq. 7 and Table 2
+# Transfer weights (Eq. 7 and Table 2): dynamic modes give new weights every epoch
+DYNAMIC_TRANSFER_MODES = ("ensemble", "final")
+STATIC_TRANSFER_MODES = ("static-pred", "static-final")
+TRANSFER_MODES = DYNAMIC_TRANSFER_MODES + STATIC_TRANSFER_MODES
+DEFAULT_TRANSFER_MODE = "ensemble"  # the paper's Comb-dy
+DEFAULT_GAMMA = 0.9  # Eq. 7's decay over the policy snapshots

@@ -15,9 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller_service.search.options import DEFAULT_GAMMA
 from controller_service.ui.charts import broadcast_member, trained
-
-DEFAULT_GAMMA = 0.9  # Eq. 7's decay, as the REST API's default
 
 
 @dataclass(frozen=True)

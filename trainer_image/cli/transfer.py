@@ -16,12 +16,16 @@ from trainer_image.cli.epoch_job import add_job_arguments, run_epoch_job
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from controller_service.contract.external import FIRST_EPOCHS
-    from trainer_image.jobs.transfer import MODES
+    from controller_service.search.options import (
+        DEFAULT_GAMMA,
+        DEFAULT_TRANSFER_MODE,
+        TRANSFER_MODES,
+    )
 
     parser.add_argument("--controller", required=True, help="controller URL, http://host:port")
     parser.add_argument("--policy-run", required=True, help="finished run whose policy to use")
-    parser.add_argument("--mode", default="ensemble", choices=MODES)
-    parser.add_argument("--gamma", type=float, default=0.9, help="Eq. 7 ensemble decay")
+    parser.add_argument("--mode", default=DEFAULT_TRANSFER_MODE, choices=TRANSFER_MODES)
+    parser.add_argument("--gamma", type=float, default=DEFAULT_GAMMA, help="Eq. 7 ensemble decay")
     parser.add_argument(
         "--first-epoch",
         default="equal",

@@ -24,14 +24,15 @@ from typing import Any
 
 from controller_service.contract.external import check_first_epoch
 from controller_service.contract.schemas import RunRecord
+from controller_service.search.options import (
+    DEFAULT_GAMMA,
+    STATIC_TRANSFER_MODES,
+    TRANSFER_MODES,
+)
 from trainer_image.weighting.base import WeightingStrategy
 from trainer_image.weighting.fixed import FixedWeights
 
 log = logging.getLogger("adaseg.transfer")
-
-DYNAMIC_MODES = ("ensemble", "final")
-STATIC_MODES = ("static-pred", "static-final")
-MODES = DYNAMIC_MODES + STATIC_MODES
 
 
 @dataclass
@@ -43,7 +44,7 @@ class ControllerWeights:
     mode: str
     epochs: int
     loss_names: list[str]
-    gamma: float = 0.9
+    gamma: float = DEFAULT_GAMMA
     rank0_only: bool = True
     kept: WeightingStrategy | None = None  # a new FixedWeights every epoch
     first_epoch: str = "equal"
@@ -52,14 +53,14 @@ class ControllerWeights:
     _static: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in TRANSFER_MODES:
+            raise ValueError(f"mode must be one of {TRANSFER_MODES}, got {self.mode!r}")
         check_first_epoch(self.first_epoch)
         if self.first_epoch == "policy" and self.client is not None and not self.search_losses:
             raise ValueError("first_epoch 'policy' needs the search's initial losses (l^1)")
 
     def strategy(self, epoch: int, previous_losses: Mapping[str, float] | None) -> FixedWeights:
-        if self.mode in STATIC_MODES:
+        if self.mode in STATIC_TRANSFER_MODES:
             if self._static is None:
                 self._static = self._ask(None, 1)
             return FixedWeights(self._static)
