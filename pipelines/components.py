@@ -21,7 +21,6 @@ from kfp import dsl, kubernetes
 # The image every task runs in; `adaseg pipeline compile --image` replaces it.
 TRAINER_IMAGE = "adaseg-trainer:0.1.0"
 IMAGE_UID = 10001  # the non-root user both Dockerfiles create (USER 10001:10001)
-DEFAULT_LOSS_NAMES = ["semantic", "center", "offset"]
 # The trainers' model: "" is their default (panoptic_deeplab); the GPU-sized
 # settings, as the GPU overlay of k8s/ trains, because every training task asks
 # for a GPU ({} is the CPU-sized default).
@@ -61,7 +60,8 @@ PARAMETER_HELP = {
     "store_uri": "Object store of checkpoints and policies: s3://bucket/prefix or file:///dir.",
     "s3_endpoint": "MinIO/S3 host:port; empty to use the pods' ADASEG_S3_ENDPOINT.",
     "s3_secure": "Speak HTTPS to the S3 endpoint.",
-    "loss_names": "Names of the model's losses, in the controller's order.",
+    "loss_names": "Names of the model's losses, in its order; [] = those of model and "
+    "model_config (`adaseg models`).",
     "population": "Models trained per round (m): one GPU task each.",
     "rounds": "Rounds of the search (T), after the round-0 pseudo epoch.",
     "seed": "Seed of the run (policy, sampling) and of the trainers.",
@@ -132,12 +132,22 @@ def create_run(
     seed: int,
     run_options: dict,
     run_name: str,
+    model: str,
+    model_config: dict,
 ) -> str:
     """Create a run on the controller; the output is its id."""
     from pipelines import steps
 
     return steps.create_run(
-        controller_url, loss_names, population, rounds, seed, run_name, run_options
+        controller_url,
+        loss_names,
+        population,
+        rounds,
+        seed,
+        run_name,
+        run_options,
+        model=model,
+        model_config=model_config,
     )
 
 

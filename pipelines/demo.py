@@ -40,15 +40,13 @@ from pipelines.local import (
     exclusive,
     find_or_create_run,
     follow,
-    model_loss_names,
     start_controller,
     stop_signals_as_interrupt,
     train_argv,
     transfer_argv,
     worker_argv,
 )
-
-DEFAULT_MODEL = "panoptic_deeplab"
+from trainer_image import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -251,7 +249,9 @@ class DemoSession:
     def explore(self, client: Any, url: str) -> Any:
         self._phase("2/5 exploration: pseudo epoch + rounds of the population")
         c = self.config
-        loss_names = model_loss_names(c.model, self.data_dir)
+        from trainer_image.models.registry import model_loss_names
+
+        loss_names = model_loss_names(c.model)
         run, created = find_or_create_run(
             client, self.tag, loss_names, population=c.population, rounds=c.rounds, seed=c.seed
         )

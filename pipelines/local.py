@@ -310,17 +310,6 @@ def train_argv(
     )  # fmt: skip
 
 
-def model_loss_names(
-    model: str, data: Path | str, config: Mapping[str, Any] | None = None
-) -> list[str]:
-    """A model's loss names on a dataset's categories, in its order: what a run for workers
-    training it must be created with."""
-    from trainer_image.jobs.session import fresh_model, open_split
-
-    categories = open_split(Path(data), "train").categories
-    return list(fresh_model(model, categories, dict(config or {}), 0).loss_names)
-
-
 # -- a run --------------------------------------------------------------------------------------
 
 

@@ -75,6 +75,8 @@ def add_search_tasks(
         seed=seed,
         run_options=run_options,
         run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        model=model,
+        model_config=model_config,
     ).set_display_name("create run")
     c.light_task(create, image=image, token_secret=token_secret)
 
@@ -135,7 +137,7 @@ def build_search_pipeline(image: str = c.TRAINER_IMAGE):
         store_uri: str = c.DEFAULT_STORE_URI,
         s3_endpoint: str = c.DEFAULT_S3_ENDPOINT,
         s3_secure: bool = False,
-        loss_names: list = c.DEFAULT_LOSS_NAMES,
+        loss_names: list = [],  # noqa: B006 - a KFP parameter default, never mutated
         population: int = 8,
         rounds: int = 12,
         seed: int = 0,

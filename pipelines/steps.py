@@ -49,16 +49,20 @@ def create_run(
     seed: int,
     name: str = "",
     options: Mapping[str, Any] | None = None,
+    model: str = "",
+    model_config: Mapping[str, Any] | None = None,
 ) -> str:
     """Create a run on the controller and return its id.
 
     ``options`` holds the other fields of ``POST /v1/runs`` (sigma, policy_lr,
-    lease_seconds, ...); the explicit arguments win over it.
+    lease_seconds, ...); the explicit arguments win over it. Empty ``loss_names`` are
+    those of the trainers' ``model`` with ``model_config`` (the same arguments the member
+    tasks get), so a pipeline of another model needs no list of its losses.
     """
     from controller_service.contract.client import ControllerClient
 
     if not loss_names:
-        raise ValueError("loss_names is empty: the model's loss names are needed")
+        loss_names = run_loss_names(model, model_config)
     body = dict(options or {})
     body.update(population=int(population), rounds=int(rounds), seed=int(seed))
     if name:
@@ -68,6 +72,14 @@ def create_run(
     run = client.create_run(list(loss_names), **body)
     print(f"created run {run.id}: population {population}, rounds {rounds}", flush=True)
     return run.id
+
+
+def run_loss_names(model: str, model_config: Mapping[str, Any] | None) -> list[str]:
+    """The loss names a run for trainers of ``model`` ("" = their default) is created with."""
+    from trainer_image import DEFAULT_MODEL
+    from trainer_image.models.registry import model_loss_names
+
+    return model_loss_names(model or DEFAULT_MODEL, model_config)
 
 
 def member_slots(run_id: str, population: int) -> list[dict[str, str]]:

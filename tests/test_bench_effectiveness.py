@@ -357,7 +357,7 @@ def test_smoke_benchmark_runs_pbt_and_ada_segment_through_the_service(tmp_path: 
     first, second = pbt_result["rounds"][1], pbt_result["rounds"][2]
     assert first["strategy"]["parent_weights"] == [1.0, 1.0, 1.0]
     best = first["members"][first["best_member"]]["weights"]
-    names = model_loss_names(SMOKE, paths.data)  # the run's order (result files sort their keys)
+    names = model_loss_names(SMOKE)  # the run's order (result files sort their keys)
     assert second["strategy"]["parent_weights"] == pytest.approx([best[n] for n in names])
     untrained = results["smoke-untrained-s0"]
     assert untrained["weights"] == explore["rounds"][1]["mean_weights"]
@@ -377,7 +377,7 @@ def test_mask_scale_trains_its_model_in_every_kind_of_cell(tmp_path: Path) -> No
     args = argparse.Namespace(scale=scale.name, seeds=seeds, rows=rows, jobs=2, phase=DEV)
     assert run_all(args, scale, paths) == 0, sorted(p.name for p in paths.logs.iterdir())
     results = done_results(paths.results, scale, plan(scale, rows, seeds))
-    names = model_loss_names(scale, paths.data)
+    names = model_loss_names(scale)
     assert names == list(MaskTransformer.loss_names) and len(names) == 10
     published = results["smoke-mask-published-s0"]
     assert published["weights_history"][0] == MaskTransformer.published_weights

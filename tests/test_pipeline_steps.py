@@ -68,6 +68,32 @@ def test_a_retried_member_task_gets_its_own_lease_back(
     assert client.lease(run.id, steps.worker_id(JOB, "m01")).state == "wait"
 
 
+def test_a_run_without_loss_names_gets_those_of_the_trainers_model(
+    controller_factory: Callable[..., ControllerProcess],
+) -> None:
+    """The pipelines' ``loss_names`` default ([]): the run is created with the names of the
+    model the member tasks train, at their ``model_config`` (the mask transformer's depth
+    sets its count), so no other model needs its list written out."""
+    controller = controller_factory()
+    client = ControllerClient(controller.url)
+
+    def created(names: list[str] | None = None, **model) -> list[str]:
+        run_id = steps.create_run(controller.url, names or [], 2, 1, 0, **model)
+        return list(client.get_run(run_id).loss_names)
+
+    assert created(model="", model_config={"preset": "gpu"}) == ["semantic", "center", "offset"]
+    tiny = created(model="mask_transformer", model_config={})
+    deeper = created(model="mask_transformer", model_config={"decoder_layers": 4})
+    assert len(tiny) == 10 and tiny[:3] == ["class", "mask", "dice"] and tiny[-1] == "semantic"
+    assert len(deeper) == 3 * 5 + 1
+    # explicit names win over the model's; an unknown model is named before any run exists
+    assert created(["a", "b"], model="mask_transformer", model_config={}) == ["a", "b"]
+    runs_before = len(client.list_runs())
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        steps.create_run(controller.url, [], 2, 1, 0, model="nope")
+    assert len(client.list_runs()) == runs_before
+
+
 def _flags(argv: list[str]) -> dict[str, str]:
     start = argv.index("worker") if "worker" in argv else argv.index("transfer")
     rest = argv[start + 1 :]

@@ -132,7 +132,7 @@ def test_search_defaults_match_the_cluster_layout() -> None:
     assert params["gpu_tolerations"]["defaultValue"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    assert params["loss_names"]["defaultValue"] == ["semantic", "center", "offset"]
+    assert params["loss_names"]["defaultValue"] == []  # the trainers' model's own
     # the names k8s/base uses for its Services and Secrets
     kustomization = (ROOT / "k8s/base/secrets/kustomization.yaml").read_text()
     for secret in ("minio_secret", "token_secret"):
@@ -225,10 +225,17 @@ def test_combined_transfer_waits_for_the_whole_population() -> None:
 
 
 # Training tasks of each pipeline, and the pipeline parameters their model comes from.
-TRAINING_TASKS = {
-    "search": {"train-member": "", "train-and-report": ""},
+# the tasks that read the model parameters: the trainers, and "create run" for the run's
+# loss names (an empty `loss_names` parameter: the model's own)
+MODEL_TASKS = {
+    "search": {"create-run": "", "train-member": "", "train-and-report": ""},
     "transfer": {"transfer": ""},
-    "combined": {"train-member": "", "train-and-report": "", "transfer": "transfer_"},
+    "combined": {
+        "create-run": "",
+        "train-member": "",
+        "train-and-report": "",
+        "transfer": "transfer_",
+    },
 }
 
 
@@ -252,11 +259,11 @@ def _gpu_overlay_model_config() -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_every_training_task_trains_the_model_of_the_pipeline_parameters(name: str) -> None:
+def test_every_task_that_reads_the_model_gets_the_pipeline_parameters(name: str) -> None:
     spec, _ = load(name)
     tasks = all_tasks(spec)
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for task_name, prefix in TRAINING_TASKS[name].items():
+    for task_name, prefix in MODEL_TASKS[name].items():
         task = tasks[task_name]
         assert _root_parameter(spec, task, "model") == f"{prefix}model", task_name
         assert _root_parameter(spec, task, "model_config") == f"{prefix}model_config", task_name
@@ -266,9 +273,9 @@ def test_every_training_task_trains_the_model_of_the_pipeline_parameters(name: s
         executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
         code = "\n".join(spec["deploymentSpec"]["executors"][executor]["container"]["command"])
         assert "model=model" in code and "model_config=model_config" in code, executor
-    assert not set(TRAINING_TASKS[name]) ^ {
+    assert not set(MODEL_TASKS[name]) ^ {
         t for t, task in tasks.items() if "model" in task.get("inputs", {}).get("parameters", {})
-    }, "a training task without the model parameters, or an unknown one"
+    }, "a task without the model parameters, or an unknown one"
 
 
 @pytest.mark.parametrize(

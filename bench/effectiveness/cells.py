@@ -109,12 +109,11 @@ def ensure_proxy_splits(data_dir: Path, seed: int, proxy_val: float) -> tuple[st
     return names
 
 
-def model_loss_names(scale: Scale, data_dir: Path) -> list[str]:
-    """The scale's model's loss names on the dataset, in its order (what runs are created
-    with)."""
-    from pipelines.local import model_loss_names as loss_names
+def model_loss_names(scale: Scale) -> list[str]:
+    """The scale's model's loss names, in its order (what runs are created with)."""
+    from trainer_image.models.registry import model_loss_names as loss_names
 
-    return loss_names(scale_model(scale), data_dir)
+    return loss_names(scale_model(scale))
 
 
 def evaluate_checkpoint(ctx: Context, cell: Cell, uri: str, threads: int) -> dict[str, float]:
@@ -216,7 +215,7 @@ def run_grid_point(ctx: Context, cell: Cell) -> dict[str, Any]:
     """One grid point: trained on proxy-train, scored on proxy-val (never on val)."""
     proxy_train, proxy_val = ensure_proxy_splits(ctx.data_dir, cell.seed, ctx.scale.proxy_val)
     weights = grid_point_weights(ctx, cell)
-    flag = _weights_flag(weights, model_loss_names(ctx.scale, ctx.data_dir))
+    flag = _weights_flag(weights, model_loss_names(ctx.scale))
     ctx.children.run(
         _train_args(
             ctx, cell, "--strategy", "fixed", "--weights", flag, "--split", proxy_train,
@@ -244,7 +243,7 @@ def run_grid(ctx: Context, cell: Cell) -> dict[str, Any]:
     grid = [{"weights": p["weights"], "proxy_val_pq": p["pq"]} for p in points]
     if ctx.scale.held_out:
         return _held_out_grid(ctx, cell, points, best, grid)
-    flag = _weights_flag(best["weights"], model_loss_names(ctx.scale, ctx.data_dir))
+    flag = _weights_flag(best["weights"], model_loss_names(ctx.scale))
     ctx.children.run(_train_args(ctx, cell, "--strategy", "fixed", "--weights", flag))
     metrics = _job_metrics(ctx, ctx.job_id(cell))
     result = _training_result(ctx, cell, metrics, weights=best["weights"], grid=grid)
@@ -324,7 +323,7 @@ def _run(ctx: Context, cell: Cell, client: ControllerClient) -> RunRecord:
     run, _ = find_or_create_run(
         client,
         ctx.job_id(cell),
-        model_loss_names(ctx.scale, ctx.data_dir),
+        model_loss_names(ctx.scale),
         population=s.population,
         rounds=s.rounds,
         seed=cell.seed,
@@ -460,7 +459,7 @@ def run_untrained(ctx: Context, cell: Cell) -> dict[str, Any]:
         weights = source["mean_weights"]
     else:
         weights = next(r for r in source["rounds"] if r["round"] == 1)["mean_weights"]
-    flag = _weights_flag(weights, model_loss_names(ctx.scale, ctx.data_dir))
+    flag = _weights_flag(weights, model_loss_names(ctx.scale))
     ctx.children.run(
         _train_args(
             ctx, cell, "--strategy", "fixed", "--weights", flag, *split_flags(ctx.scale, cell)

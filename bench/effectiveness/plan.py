@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from trainer_image import DEFAULT_MODEL
+
 # Bump when the way a cell is run changes, so old cached results are not mixed in.
 # 2: the exploration has T = E rounds after the pseudo epoch (it had E - 1, and round 1
 # started at the second epoch of the schedule), so Ada-Segment-A trains E epochs too.
@@ -103,9 +105,6 @@ class Scale:
                 values.pop(name)
         values["grid_factors"] = list(self.grid_factors)
         return values
-
-
-DEFAULT_MODEL = "panoptic_deeplab"  # the trainer's default model, issue 7's and 12's tables
 
 
 def scale_model(scale: Scale) -> str:

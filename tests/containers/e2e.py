@@ -380,7 +380,7 @@ def _scenario(
         run_state_key,
     )
     from controller_service.contract.store import open_store
-    from pipelines.components import DEFAULT_LOSS_NAMES
+    from pipelines.steps import run_loss_names
 
     step(f"podman network {NETWORK}, the Secrets (podman secret create), the S3 store")
     podman("network", "create", NETWORK)
@@ -443,7 +443,7 @@ def _scenario(
     token = secret_data(find(objects, "Secret", "adaseg-controller-token"))["ADASEG_TOKEN"]
     client = ControllerClient(controller_url, token=token)
     run_id = client.create_run(
-        DEFAULT_LOSS_NAMES,
+        run_loss_names("", {}),  # the trainers' default model, as the pods run it
         population=POPULATION,
         rounds=ROUNDS,
         lease_seconds=LEASE_SECONDS,

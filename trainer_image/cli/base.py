@@ -17,6 +17,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from trainer_image import DEFAULT_MODEL
 from trainer_image.jobs.ending import Ending
 from trainer_image.jobs.store_retry import DEFAULT_RETRY_SECONDS, RETRY_SECONDS_ENV
 
@@ -121,7 +122,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        default="panoptic_deeplab",
+        default=DEFAULT_MODEL,
         help="registered model name (worker: used by round 0; later rounds rebuild the model "
         "from their checkpoint)",
     )

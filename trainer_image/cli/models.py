@@ -22,18 +22,10 @@ def _presets(cls: type) -> dict[str, dict[str, Any]]:
     return dict(presets)
 
 
-def _loss_names(cls: type, preset: str) -> list[str]:
-    """The loss names of ``cls`` at ``preset``: its ``config_loss_names`` when the names
-    depend on the config (the mask transformer's depth), else its ``loss_names``."""
-    by_config = getattr(cls, "config_loss_names", None)
-    if callable(by_config):
-        return list(by_config(preset))
-    return list(cls.loss_names)
-
-
 def describe_models() -> list[dict[str, Any]]:
     """``[{"name", "class", "doc", "presets": {preset: {"loss_names", "config"}}}]``, by name."""
     from trainer_image.models import MODELS
+    from trainer_image.models.registry import model_loss_names
 
     rows = []
     for name in sorted(MODELS):
@@ -45,7 +37,10 @@ def describe_models() -> list[dict[str, Any]]:
                 "class": f"{cls.__module__}.{cls.__qualname__}",
                 "doc": doc[0] if doc else "",
                 "presets": {
-                    preset: {"loss_names": _loss_names(cls, preset), "config": config}
+                    preset: {
+                        "loss_names": model_loss_names(name, {"preset": preset}),
+                        "config": config,
+                    }
                     for preset, config in _presets(cls).items()
                 },
             }

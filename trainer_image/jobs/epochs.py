@@ -27,6 +27,7 @@ from torch import nn
 
 from controller_service.contract import keys
 from controller_service.contract.store import ObjectStore
+from trainer_image import DEFAULT_MODEL
 from trainer_image.engine.batches import interval_batches
 from trainer_image.engine.checkpoint import (
     Checkpoint,
@@ -90,7 +91,7 @@ class JobOptions:
     epochs: int
     iterations_per_epoch: int | None = None
     device: str = "auto"
-    model: str = "panoptic_deeplab"
+    model: str = DEFAULT_MODEL
     model_config: Mapping[str, Any] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     val_split: str = "val"

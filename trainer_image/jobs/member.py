@@ -55,6 +55,7 @@ from controller_service.contract.client import (
 )
 from controller_service.contract.schemas import Assignment
 from controller_service.contract.store import ObjectStore, StoreError
+from trainer_image import DEFAULT_MODEL
 from trainer_image.data.coco_panoptic import DatasetError, PanopticSplit
 from trainer_image.engine.batches import interval_batches
 from trainer_image.engine.checkpoint import (
@@ -98,7 +99,7 @@ class WorkerOptions:
     worker_id: str = field(default_factory=lambda: default_worker_id())
     device: str = "cpu"
     iterations: int | None = None
-    model: str = "panoptic_deeplab"
+    model: str = DEFAULT_MODEL
     model_config: Mapping[str, Any] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int | None = None

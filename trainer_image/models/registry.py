@@ -134,9 +134,27 @@ def build_model(name: str, categories: Sequence[Any], **config: Any) -> Panoptic
     Contiguous class i is the i-th category in id order, as in
     ``PanopticSplit.category_index``.
     """
+    cls = model_class(name)
+    if not categories:
+        raise ValueError(f"model {name!r} needs at least one category")
+    return cls(categories, **config)
+
+
+def model_class(name: str) -> ModelClass:
+    """The class registered as ``name``, or an error that lists the registered names."""
     if name not in MODELS:
         known = ", ".join(sorted(MODELS)) or "none"
         raise ValueError(f"unknown model {name!r}; registered models: {known}")
-    if not categories:
-        raise ValueError(f"model {name!r} needs at least one category")
-    return MODELS[name](categories, **config)
+    return MODELS[name]
+
+
+def model_loss_names(name: str, config: Mapping[str, Any] | None = None) -> list[str]:
+    """The loss names of model ``name`` with ``config`` (a preset and overrides), in its
+    order, without building it: what a controller run for the model is created with. A class
+    whose names depend on its config (the mask transformer's depth) says so with a
+    ``config_loss_names`` classmethod; the others have one fixed ``loss_names``."""
+    cls = model_class(name)
+    by_config = getattr(cls, "config_loss_names", None)
+    if callable(by_config):
+        return list(by_config(**dict(config or {})))
+    return list(cls.loss_names)
