@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.effectiveness.held_out import PhaseTable, held_out_table, planned_epochs
 from bench.effectiveness.plan import (
     DEV,
     EXPLORE,
@@ -54,13 +55,7 @@ from bench.effectiveness.protocol import (
     problems_before_test,
     settings_hash,
 )
-from bench.effectiveness.report import (
-    PhaseTable,
-    held_out_table,
-    markdown_table,
-    paired_delta,
-    planned_epochs,
-)
+from bench.effectiveness.report import markdown_table, paired_delta
 from bench.effectiveness.results import (
     bootstrap_distribution,
     bootstrap_interval,

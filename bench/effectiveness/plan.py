@@ -533,6 +533,29 @@ def default_row_names(scale: Scale | None = None) -> list[str]:
     return [name for name in LEGACY_ROWS if ROWS[name].variant in DEFAULT_VARIANTS]
 
 
+def has_grids(scale: Scale) -> bool:
+    """Whether a scale runs grid searches (none with ten losses: 3^9 trainings)."""
+    return any(ROWS[name].kind == GRID for name in default_row_names(scale))
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the reports say about a scale's model: its loss names (in its order) and its
+    published weights, read from the model class (the one place they are stated)."""
+
+    name: str
+    loss_names: tuple[str, ...]
+    published: Mapping[str, float]
+
+
+def model_facts(scale: Scale) -> ModelFacts:
+    from trainer_image.models import MODELS
+
+    name = scale_model(scale)
+    cls = MODELS[name]
+    return ModelFacts(name, tuple(cls.loss_names), dict(cls.published_weights))
+
+
 @dataclass(frozen=True)
 class Cell:
     """One cached unit of work."""

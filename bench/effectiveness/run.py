@@ -213,7 +213,7 @@ def render_report(args: argparse.Namespace, scale: Scale, paths: Paths) -> Path:
 
 def render_held_out_report(args: argparse.Namespace, scale: Scale, paths: Paths) -> Path:
     """Both phases' tables (the scale's default rows and any other row with results)."""
-    from bench.effectiveness.report import PhaseTable, render_held_out
+    from bench.effectiveness.held_out import PhaseTable, render_held_out
 
     rows = list(dict.fromkeys([*default_row_names(scale), *args.rows]))
     frozen = read_frozen(paths.frozen)
