@@ -662,6 +662,46 @@ def test_run_refuses_test_cells_without_a_committed_freeze(tmp_path: Path, capsy
     assert not paths.work.exists() and not paths.results.exists()  # nothing ran
 
 
+def test_held_out_readme_gives_the_test_table_and_its_weights_once_test_seeds_ran() -> None:
+    """Before any test cell: the test table says so and the only weights are the dev
+    seeds'. With a test seed done: its table row, paired with equal weights, and the test
+    seeds' weights table."""
+    from bench.effectiveness.held_out import held_out_markdown
+
+    def phase(name: str, seeds: list[int], pqs: dict[str, float]) -> PhaseTable:
+        cells = plan(HELD, ["equal", "uncertainty"], seeds)
+        results = {
+            cell.key: new_result(
+                HELD, cell, pq=pqs[cell.row], pq_th=1.0, pq_st=2.0, epochs=2, wall_seconds=6.0
+            )
+            for cell in cells
+            if cell.row in pqs
+        }
+        rows = table(HELD, ["equal", "uncertainty"], seeds, results)
+        return PhaseTable(phase=name, seeds=seeds, cells=cells, rows=rows, results=results)
+
+    def readme(test: PhaseTable) -> str:
+        dev = phase(DEV, [0], {"equal": 30.0, "uncertainty": 31.0})
+        return held_out_markdown(
+            scale=HELD,
+            phases={DEV: dev, TEST: test},
+            frozen=None,
+            machine="test",
+            per_epoch=3.0,
+            notes=None,
+            analysis=None,
+            plots={},
+        )
+
+    before = readme(phase(TEST, [1], {}))
+    assert "_(not run: settings not frozen yet)_" in before
+    assert "(test seeds)" not in before and "### Weights of the static rows (dev seeds)" in before
+    after = readme(phase(TEST, [1], {"equal": 40.0, "uncertainty": 38.5}))
+    test_table = after.split("## Test table")[1].split("## Dev table")[0]
+    assert "| 38.50 |" in test_table and "-1.50 [-1.50, -1.50], 0–1" in test_table
+    assert "### Weights of the static rows (test seeds)" in test_table
+
+
 def test_committed_scales_keep_results_in_results_and_medium_reports_at_the_top() -> None:
     bench = Path(__file__).resolve().parents[1] / "bench" / "effectiveness"
     medium, small = paths_for(MEDIUM), paths_for(SCALES["small"])

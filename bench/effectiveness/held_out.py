@@ -385,6 +385,11 @@ largest difference: it is narrow, not conservative."""
         held_out_table(s, test) if test.results else "_(not run: settings not frozen yet)_",
         "",
         *[f"![{name}]({name})\n" for name in plots.get(TEST, ())],
+        *(
+            ["### Weights of the static rows (test seeds)", "", static_weights_table(s, test), ""]
+            if test.results
+            else []
+        ),
         f"## Dev table: seeds {', '.join(map(str, dev.seeds))} on proxy-val",
         "",
         "Numbers to choose settings on, never to quote as the result.",
