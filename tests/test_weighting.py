@@ -95,7 +95,14 @@ class TinyModel(nn.Module):
 
 
 def test_the_registry_lists_every_strategy_in_the_order_the_cli_shows() -> None:
-    assert strategy_names() == ("equal", "published", "fixed", "uncertainty", "gradnorm")
+    assert strategy_names() == (
+        "equal",
+        "published",
+        "published-ratios",
+        "fixed",
+        "uncertainty",
+        "gradnorm",
+    )
     with pytest.raises(ValueError, match="unknown strategy 'nope'.*'equal'"):
         build_strategy("nope", TinyModel())
     with pytest.raises(ValueError, match="registered twice"):
@@ -104,12 +111,17 @@ def test_the_registry_lists_every_strategy_in_the_order_the_cli_shows() -> None:
 
 def test_published_reads_the_models_own_weights() -> None:
     assert build_strategy("published", TinyModel()).weights == {"a": 2.0, "b": 0.5}
+    # the same ratio (4:1) at mean 1: 2 / 1.25 and 0.5 / 1.25, and so the heads' lr/λ too
+    ratios = build_strategy("published-ratios", TinyModel())
+    assert ratios.weights == pytest.approx({"a": 1.6, "b": 0.4})
+    assert ratios.head_lr_weights == pytest.approx({"a": 1.6, "b": 0.4})
 
     class Unpublished(TinyModel):
         published_weights = None
 
-    with pytest.raises(ValueError, match="model 'tiny' has no published weights"):
-        build_strategy("published", Unpublished())
+    for name in ("published", "published-ratios"):
+        with pytest.raises(ValueError, match="model 'tiny' has no published weights"):
+            build_strategy(name, Unpublished())
 
     class Mismatched(TinyModel):
         published_weights = {"a": 1.0, "c": 1.0}
@@ -132,6 +144,7 @@ def test_strategies_expose_their_parameters_and_head_rule() -> None:
     assert {name: len(list(s.parameters())) for name, s in built.items()} == {
         "equal": 0,
         "published": 0,
+        "published-ratios": 0,
         "fixed": 0,
         "uncertainty": 1,  # log_vars; GradNorm updates its weights by its own rule
         "gradnorm": 0,

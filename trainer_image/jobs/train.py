@@ -1,5 +1,6 @@
-"""``adaseg train``'s weights: one static strategy (equal, published, fixed, uncertainty,
-GradNorm) for the whole job, the baselines Ada-Segment is compared against."""
+"""``adaseg train``'s weights: one static strategy (equal, published, published-ratios,
+fixed, uncertainty, GradNorm) for the whole job, the baselines Ada-Segment is compared
+against."""
 
 from __future__ import annotations
 

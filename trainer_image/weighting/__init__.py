@@ -1,7 +1,7 @@
 """Loss-weighting strategies, one module per strategy class, behind one registry.
 
 Importing the package registers the built-in strategies (``registry.py``), in
-the order ``adaseg train --strategy`` lists them: equal, published, fixed,
+the order ``adaseg train --strategy`` lists them: equal, published, published-ratios, fixed,
 uncertainty, gradnorm.
 """
 

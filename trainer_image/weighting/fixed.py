@@ -1,8 +1,12 @@
-"""Fixed weights: total = Σ λ_i l_i with a constant vector, from one of three sources.
+"""Fixed weights: total = Σ λ_i l_i with a constant vector, from one of four sources.
 
 - ``equal``: every λ_i = 1, the baseline every weighting method is measured against;
 - ``published``: the weights the model's own paper trained with, which each model
   states as its ``published_weights`` class attribute (loss name → weight);
+- ``published-ratios``: the same ratios scaled to mean 1. The overall scale of a weight
+  vector multiplies the gradient the shared layers get, so under SGD it acts as their
+  learning rate; weights tuned with an optimiser whose steps do not grow with the gradient
+  (Mask2Former's AdamW) keep their ratios' meaning here, not their scale;
 - ``fixed``: any vector (``adaseg train --strategy fixed --weights a,b,c``).
 
 The controller's weights for one interval or epoch are a :class:`FixedWeights`
@@ -67,6 +71,14 @@ def published(model: nn.Module, weights: Mapping[str, float] | None) -> FixedWei
     if set(table) != set(names):
         raise ValueError(f"published weights are for {sorted(table)}, not {names}")
     return FixedWeights(table)
+
+
+@register_strategy("published-ratios")
+def published_ratios(model: nn.Module, weights: Mapping[str, float] | None) -> FixedWeights:
+    """The published weights divided by their mean (module docstring)."""
+    table = published(model, weights).weights
+    mean = sum(table.values()) / len(table)
+    return FixedWeights({name: value / mean for name, value in table.items()})
 
 
 @register_strategy("fixed")
