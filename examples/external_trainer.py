@@ -23,6 +23,7 @@ from torch import nn
 
 from controller_service.contract.client import ControllerClient
 from controller_service.contract.external import (
+    DEFAULT_FIRST_EPOCH,
     FIRST_EPOCHS,
     HEAD_KEY,
     TransferWeights,
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument(
         "--first-epoch",
-        default="equal",
+        default=DEFAULT_FIRST_EPOCH,
         choices=FIRST_EPOCHS,
         help="epoch 1 at weights 1, or at the policy's weights for the search's l¹",
     )

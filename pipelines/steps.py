@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller_service.contract.external import DEFAULT_FIRST_EPOCH
 from controller_service.contract.keys import transfer_key
 
 
@@ -181,7 +182,7 @@ def transfer_command(
     seed: int = 0,
     model: str = "",
     model_config: Mapping[str, Any] | None = None,
-    first_epoch: str = "equal",
+    first_epoch: str = DEFAULT_FIRST_EPOCH,
     python: str = sys.executable,
 ) -> list[str]:
     """``adaseg transfer``; under ``torchrun`` with one process per GPU when ``gpus > 1``.

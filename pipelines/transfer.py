@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from controller_service.contract.external import DEFAULT_FIRST_EPOCH
 from pipelines import components as c
 
 
@@ -104,7 +105,7 @@ def build_transfer_pipeline(image: str = c.TRAINER_IMAGE):
         seed: int = 0,
         model: str = c.DEFAULT_MODEL,
         model_config: dict = c.DEFAULT_MODEL_CONFIG,
-        first_epoch: str = "equal",
+        first_epoch: str = DEFAULT_FIRST_EPOCH,
         gpu_node_selector: dict = c.DEFAULT_GPU_NODE_SELECTOR,
         gpu_tolerations: list = c.DEFAULT_GPU_TOLERATIONS,
         minio_secret: str = c.DEFAULT_MINIO_SECRET,

@@ -31,6 +31,7 @@ T = TypeVar("T")
 # for epoch 0 on the search's l^1 (the run's initial_losses): for a transfer on the task
 # that was searched, where the two l^1 agree (docs/design.md).
 FIRST_EPOCHS = ("equal", "policy")
+DEFAULT_FIRST_EPOCH = "equal"  # the paper's, and right for a transfer to other data
 
 
 def check_first_epoch(first_epoch: str) -> None:
@@ -85,7 +86,7 @@ class TransferWeights:
         epochs: int,
         mode: str = DEFAULT_TRANSFER_MODE,
         gamma: float = DEFAULT_GAMMA,
-        first_epoch: str = "equal",
+        first_epoch: str = DEFAULT_FIRST_EPOCH,
     ) -> None:
         check_first_epoch(first_epoch)
         self.client, self.run_id, self.epochs = client, run_id, epochs

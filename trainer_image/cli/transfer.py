@@ -15,7 +15,7 @@ from trainer_image.cli.epoch_job import add_job_arguments, run_epoch_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from controller_service.contract.external import FIRST_EPOCHS
+    from controller_service.contract.external import DEFAULT_FIRST_EPOCH, FIRST_EPOCHS
     from controller_service.search.options import (
         DEFAULT_GAMMA,
         DEFAULT_TRANSFER_MODE,
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=float, default=DEFAULT_GAMMA, help="Eq. 7 ensemble decay")
     parser.add_argument(
         "--first-epoch",
-        default="equal",
+        default=DEFAULT_FIRST_EPOCH,
         choices=FIRST_EPOCHS,
         help="dynamic modes' epoch 1: weights 1 (the paper's pseudo epoch) or the policy's "
         "weights for the search's initial losses (a transfer on the searched task)",

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller_service.contract.external import check_first_epoch
+from controller_service.contract.external import DEFAULT_FIRST_EPOCH, check_first_epoch
 from controller_service.contract.schemas import RunRecord
 from controller_service.search.options import (
     DEFAULT_GAMMA,
@@ -47,7 +47,7 @@ class ControllerWeights:
     gamma: float = DEFAULT_GAMMA
     rank0_only: bool = True
     kept: WeightingStrategy | None = None  # a new FixedWeights every epoch
-    first_epoch: str = "equal"
+    first_epoch: str = DEFAULT_FIRST_EPOCH
     search_losses: Mapping[str, float] | None = None  # the search's l^1 (first_epoch "policy")
     clipped: list[list[str]] = field(default_factory=list)
     _static: dict[str, float] | None = None
