@@ -560,11 +560,11 @@ class ModelFacts:
 
 
 def model_facts(scale: Scale) -> ModelFacts:
-    from trainer_image.models import MODELS
+    from trainer_image.models.registry import model_class, model_loss_names
 
     name = scale_model(scale)
-    cls = MODELS[name]
-    return ModelFacts(name, tuple(cls.loss_names), dict(cls.published_weights))
+    names = tuple(model_loss_names(name))  # what its runs are created with (cells.py)
+    return ModelFacts(name, names, dict(model_class(name).published_weights))
 
 
 @dataclass(frozen=True)
