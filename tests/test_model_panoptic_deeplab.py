@@ -136,6 +136,13 @@ def test_categories_are_taken_in_id_order_like_the_split(name: str) -> None:
         MODELS[name]([])  # built directly, without the registry's check
 
 
+@pytest.mark.parametrize("name", ["panoptic_deeplab", "mask_transformer"])
+def test_a_batch_without_the_models_targets_is_refused_by_name(name: str) -> None:
+    model = build_model(name, CATEGORIES)
+    with pytest.raises(KeyError, match=r"batch lacks \[.*'semantic'.*target_builder"):
+        model({"image": torch.zeros(1, 3, 32, 32)})
+
+
 def test_presets_and_overrides() -> None:
     gpu = build_model("panoptic_deeplab", CATEGORIES, preset="gpu", head_channels=64)
     assert gpu.config["width"] == PRESETS["gpu"]["width"] and gpu.config["head_channels"] == 64

@@ -125,7 +125,12 @@ from trainer_image.models.mask_losses import (
 from trainer_image.models.mask_postprocess import mask_panoptic_inference
 from trainer_image.models.matching import MatchCosts, match
 from trainer_image.models.postprocess import PanopticPrediction
-from trainer_image.models.registry import preset_config, register_categories, register_model
+from trainer_image.models.registry import (
+    batch_to_device,
+    preset_config,
+    register_categories,
+    register_model,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -507,14 +512,7 @@ class MaskTransformer(nn.Module):
     # -- training --------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The named, unweighted losses for a batch from the loader (image + targets)."""
-        missing = [k for k in _NEEDED if k not in batch]
-        if missing:
-            raise KeyError(
-                f"batch lacks {missing}; build the loader with "
-                "target_builder=model.target_builder()"
-            )
-        device = self.device
-        get = {k: batch[k].to(device, non_blocking=True) for k in _NEEDED}
+        get = batch_to_device(batch, _NEEDED, self.device)
         images = get["image"]
         out = self.outputs(images)
         stride = self.config["loss_stride"]

@@ -31,7 +31,12 @@ from torch import nn
 from trainer_image.models.backbone import NORMS, ResNetBackbone, conv_norm_relu
 from trainer_image.models.losses import hard_pixel_cross_entropy, weighted_l1, weighted_mse
 from trainer_image.models.postprocess import PanopticPrediction, panoptic_postprocess
-from trainer_image.models.registry import preset_config, register_categories, register_model
+from trainer_image.models.registry import (
+    batch_to_device,
+    preset_config,
+    register_categories,
+    register_model,
+)
 from trainer_image.targets import REFERENCE_SIZE, PanopticDeepLabTargets
 
 PUBLISHED_WEIGHTS = {"semantic": 1.0, "center": 200.0, "offset": 0.01}
@@ -217,18 +222,7 @@ class PanopticDeepLab(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The three unweighted losses for a batch from the loader (image + targets)."""
-        missing = [k for k in _NEEDED if k not in batch]
-        if missing:
-            raise KeyError(
-                f"batch lacks {missing}; build the loader with "
-                "target_builder=model.target_builder()"
-            )
-        device = self.device
-        get = {
-            k: batch[k].to(device, non_blocking=True)
-            for k in (*_NEEDED, "semantic_weights")
-            if k in batch
-        }
+        get = batch_to_device(batch, _NEEDED, self.device, optional=("semantic_weights",))
         out = self.outputs(get["image"])
         return {
             "semantic": hard_pixel_cross_entropy(

@@ -111,6 +111,25 @@ def register_categories(model: nn.Module, categories: Sequence[Any]) -> list[dic
     return cats
 
 
+def batch_to_device(
+    batch: Mapping[str, torch.Tensor],
+    needed: Sequence[str],
+    device: torch.device,
+    optional: Sequence[str] = (),
+) -> dict[str, torch.Tensor]:
+    """The model's inputs from a loader batch, on ``device``: every ``needed`` key (a
+    KeyError names the missing ones and how to get them) and the ``optional`` keys present.
+    Every model reads its batch through this, so a loader built without the model's
+    ``target_builder()`` fails the same clear way whichever model it feeds."""
+    missing = [k for k in needed if k not in batch]
+    if missing:
+        raise KeyError(
+            f"batch lacks {missing}; build the loader with target_builder=model.target_builder()"
+        )
+    keys = [*needed, *(k for k in optional if k in batch)]
+    return {k: batch[k].to(device, non_blocking=True) for k in keys}
+
+
 def preset_config(
     model: str,
     presets: Mapping[str, Mapping[str, Any]],
