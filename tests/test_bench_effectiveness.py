@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.effectiveness.figures import off_scale_floor, spread_labels
 from bench.effectiveness.held_out import PhaseTable, held_out_table, planned_epochs
 from bench.effectiveness.plan import (
     DEV,
@@ -280,6 +281,21 @@ def test_cached_benchmark_runs_nothing_and_renders_the_report(tmp_path: Path) ->
     assert "--rows equal published" in readme
     assert (tmp_path / "pq_vs_cost.png").stat().st_size > 0
     assert (tmp_path / "weights.png").stat().st_size > 0
+
+
+def test_collapsed_rows_are_drawn_off_scale_below_half_the_median() -> None:
+    assert off_scale_floor([0.0, 25.0, 28.0, 30.0]) == pytest.approx(14.0)  # upper median 28
+    assert off_scale_floor([17.36, 35.63, 36.75]) == pytest.approx(17.815)
+
+
+def test_spread_labels_keeps_order_and_gap_and_stays_near_its_points() -> None:
+    assert spread_labels([3.0, 0.0, 10.0], gap=1.0) == [3.0, 0.0, 10.0]  # nothing collides
+    assert spread_labels([0.0, 0.0], gap=1.0) == [-0.5, 0.5]  # centred on the points
+    # a block of three: start = mean(0 - 0, 0.2 - 1, 0.4 - 2) = -0.8
+    assert spread_labels([0.4, 0.0, 0.2], gap=1.0) == pytest.approx([1.2, -0.8, 0.2])
+    # two blocks that collide once centred merge: start = mean(0, -1, 1.5 - 2, 1.5 - 3) = -0.75
+    placed = spread_labels([0.0, 0.0, 1.5, 1.5], gap=1.0)
+    assert placed == pytest.approx([-0.75, 0.25, 1.25, 2.25])
 
 
 # -- controller runs --------------------------------------------------------------------------

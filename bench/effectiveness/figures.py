@@ -80,19 +80,88 @@ def explored_variants(
 
 
 JITTER = 0.035  # relative x offset between rows of equal cost, so their bars do not overlap
+LABEL_GAP = 0.04  # the least height between two labels' baselines, as a share of the y-axis
+LABEL_REACH = 0.3  # labels closer than this in log10(cost) may collide: they are spread apart
+LABEL_SHIFT = 0.012  # a label's offset from its point, in log10(cost)
+OFF_SCALE_BELOW = 0.5  # a row under this share of the median row's PQ is drawn off scale
+
+
+def off_scale_floor(means: Sequence[float]) -> float:
+    """The PQ under which a row counts as collapsed and is drawn off scale: a share of the
+    (upper) median row's, so one collapse cannot stretch the axis the others share."""
+    ordered = sorted(means)
+    return OFF_SCALE_BELOW * ordered[len(ordered) // 2]
+
+
+def spread_labels(heights: Sequence[float], gap: float) -> list[float]:
+    """Label heights at least ``gap`` apart, in the order of ``heights``, each as near its
+    own point as that allows (least squares): colliding labels form a block centred on
+    their points, and blocks that then collide merge."""
+    order = sorted(range(len(heights)), key=heights.__getitem__)
+    blocks: list[list[int]] = []
+
+    def start(block: list[int]) -> float:
+        return sum(heights[j] - gap * k for k, j in enumerate(block)) / len(block)
+
+    for i in order:
+        blocks.append([i])
+        while len(blocks) > 1 and start(blocks[-1]) < start(blocks[-2]) + gap * len(blocks[-2]):
+            last = blocks.pop()
+            blocks[-1].extend(last)
+    placed = [0.0] * len(heights)
+    for block in blocks:
+        base = start(block)
+        for k, j in enumerate(block):
+            placed[j] = base + gap * k
+    return placed
+
+
+def _near_groups(xs: Sequence[float]) -> list[list[int]]:
+    """Indices of ``xs`` (costs) chained by log-distances under LABEL_REACH."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and math.log10(xs[i]) - math.log10(xs[groups[-1][-1]]) < LABEL_REACH:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _row_label(row: TableRow) -> str:
+    label = row.row.name
+    if row.row.variant == DEFAULTS_VARIANT:
+        return label.replace(f"-{DEFAULTS_VARIANT}", " (service defaults)")
+    if row.row.variant == SERVICE_VARIANT:
+        return label.replace(f"-{SERVICE_VARIANT}", " (former defaults)")
+    return label
 
 
 def plot_pq_vs_cost(
     rows: Sequence[TableRow], path: Path, ylabel: str = "PQ on val (%), mean ± std over seeds"
 ) -> Path:
     """Tables 1 and 2 labelled (Ada-Segment red, baselines blue), ablations as small
-    unlabelled green points; rows of equal cost side by side, best PQ rightmost."""
+    unlabelled green points; rows of equal cost side by side. A row that collapsed (under
+    half the median row's PQ) is a triangle on the bottom edge, its PQ in its label, so
+    it does not squash the rows that trained into a band. Labels of nearby costs stand in
+    one column, spread apart and tied to their points by a thin line (the explorations'
+    left of their points, the rest right)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     points = [r for r in rows if r.metrics["pq"] is not None and r.total_epochs is not None]
+    if not points:
+        return _save(fig, path)
+    floor = off_scale_floor([r.metrics["pq"].mean for r in points])
+    on_scale = [r for r in points if r.metrics["pq"].mean >= floor]
+    low = min(r.metrics["pq"].mean - (r.metrics["pq"].std or 0.0) for r in on_scale)
+    high = max(r.metrics["pq"].mean + (r.metrics["pq"].std or 0.0) for r in on_scale)
+    margin = max(0.5, 0.08 * (high - low))
+    bottom, top = low - margin, high + margin
+    ax.set_ylim(bottom, top)
     by_cost: dict[float, list[TableRow]] = {}
     for row in points:
         by_cost.setdefault(row.total_epochs, []).append(row)
+    labels: dict[bool, list[tuple[float, float, str]]] = {True: [], False: []}
     for cost, group in by_cost.items():
         group.sort(key=lambda r: r.metrics["pq"].mean)
         for k, row in enumerate(group):
@@ -102,30 +171,44 @@ def plot_pq_vs_cost(
             colour = "tab:green" if ablation else "tab:blue"
             if row.row.kind in (EXPLORE, TRANSFER) and not ablation:
                 colour = "tab:red"
-            ax.errorbar(
-                x,
-                pq.mean,
-                yerr=pq.std or 0.0,
-                fmt="o",
-                color=colour,
-                capsize=3,
-                markersize=3 if ablation else 6,
-                alpha=0.45 if ablation else 1.0,
-            )
-            if not ablation:
-                label = row.row.name
-                if row.row.variant == DEFAULTS_VARIANT:
-                    label = label.replace(f"-{DEFAULTS_VARIANT}", " (service defaults)")
-                elif row.row.variant == SERVICE_VARIANT:
-                    label = label.replace(f"-{SERVICE_VARIANT}", " (former defaults)")
-                left = row.row.kind == EXPLORE  # the explorations' labels left of their point
+            off_scale = pq.mean < floor
+            if off_scale:
+                y = bottom + 0.01 * (top - bottom)
+                ax.plot(x, y, "v", color=colour, markersize=3 if ablation else 7, clip_on=False)
+            else:
+                y = pq.mean
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=pq.std or 0.0,
+                    fmt="o",
+                    color=colour,
+                    capsize=3,
+                    markersize=3 if ablation else 6,
+                    alpha=0.45 if ablation else 1.0,
+                )
+            if not ablation or off_scale:
+                text = _row_label(row)
+                if off_scale:
+                    text += f": {pq.mean:.2f}, off scale"
+                labels[row.row.kind == EXPLORE].append((x, y, text))
+    gap = LABEL_GAP * (top - bottom)
+    for left, items in labels.items():
+        for group in _near_groups([x for x, _, _ in items]):
+            heights = spread_labels([items[i][1] + gap / 4 for i in group], gap)
+            edge = (min if left else max)(items[i][0] for i in group)
+            column = edge * 10 ** (-LABEL_SHIFT if left else LABEL_SHIFT)  # clear of every point
+            for i, height in zip(group, heights, strict=True):
+                x, y, text = items[i]
                 ax.annotate(
-                    label,
-                    (x, pq.mean),
-                    textcoords="offset points",
-                    xytext=(-4 if left else 4, 3),
+                    text,
+                    (x, y),
+                    xytext=(column, height),
                     ha="right" if left else "left",
+                    va="center",
                     fontsize=8,
+                    arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5, "shrinkB": 4},
+                    annotation_clip=False,
                 )
     ax.set_xscale("log")
     ax.set_xlabel("cost: trained epochs per seed, search included (log)")
