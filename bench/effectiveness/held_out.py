@@ -22,6 +22,7 @@ from bench.effectiveness.figures import (
 )
 from bench.effectiveness.plan import (
     DEV,
+    GRID_REFERENCE,
     LEARNABLE_STRATEGIES,
     NEUTRAL_CENTRE,
     PLAIN_HEADS,
@@ -204,7 +205,7 @@ def held_out_grid_table(scale: Scale, phase: PhaseTable, row: str) -> str:
     if not done:
         return "_(pending)_"
     neutral = done[0][1]["config"]["params"].get("centre") == NEUTRAL_CENTRE
-    others = [name for name in PUBLISHED if name != "semantic"]
+    others = [name for name in PUBLISHED if name != GRID_REFERENCE]
     heading = (
         "factors on the centre (center, offset)" if neutral else "λ (semantic, center, offset)"
     )

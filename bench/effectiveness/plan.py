@@ -24,14 +24,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from trainer_image import DEFAULT_MODEL
+from trainer_image.models.panoptic_deeplab import PanopticDeepLab
 
 # Bump when the way a cell is run changes, so old cached results are not mixed in.
 # 2: the exploration has T = E rounds after the pseudo epoch (it had E - 1, and round 1
 # started at the second epoch of the schedule), so Ada-Segment-A trains E epochs too.
 HARNESS_VERSION = 2
 
-# Panoptic-DeepLab's hand-tuned weights, in the model's loss order (the grid is centred on them).
-PUBLISHED = {"semantic": 1.0, "center": 200.0, "offset": 0.01}
+# Panoptic-DeepLab's hand-tuned weights, in the model's loss order (the grids are built on
+# them: the only scales with grids train that model).
+PUBLISHED = dict(PanopticDeepLab.published_weights)
 GRID_REFERENCE = "semantic"  # its weight stays 1: scaling all weights is scaling the lr
 
 # Phases of the held-out protocol, and the split every row of a scale is finally scored on.
@@ -43,7 +45,7 @@ HELD_OUT_SPLIT = "val"
 # (the paper's Implementation Details, the trainer's default for fixed weights) or at lr.
 SCALED_HEADS, PLAIN_HEADS = "lr/λ", "lr"
 # Strategies whose weights move every step: the trainer trains their heads at lr only
-# (trainer_image/training.py says why), whatever the scale's rule.
+# (trainer_image/engine/optim.py says why), whatever the scale's rule.
 LEARNABLE_STRATEGIES = ("uncertainty", "gradnorm")
 
 
