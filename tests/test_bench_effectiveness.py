@@ -77,7 +77,7 @@ from bench.effectiveness.run import (
     read_frozen,
     run_all,
 )
-from pipelines.local import ChildProcesses, stop_signals_as_interrupt
+from pipelines.local import ChildProcesses, ControllerProcess, stop_signals_as_interrupt
 
 SMOKE = SCALES["smoke"]  # grid factors (0.1, 10): a 2 × 2 grid
 HELD = SCALES["smoke-heldout"]  # the same sizes on the held-out protocol: dev seed 0, test 1
@@ -344,11 +344,11 @@ def test_the_controller_is_started_for_pbt_and_every_policy_cell_only() -> None:
 
 
 def test_smoke_benchmark_runs_pbt_and_ada_segment_through_the_service(tmp_path: Path) -> None:
-    from bench.effectiveness.cells import model_loss_names
-
     """End to end at the smoke scale: run_all starts a real controller and real workers;
     the PBT row is a `pbt` run of the service, Ada-Segment-A an `ada-segment` run, and the
     untrained row reads the exploration's round-1 mean."""
+    from bench.effectiveness.cells import model_loss_names
+
     paths = paths_for(SMOKE, work_root=tmp_path)
     rows, seeds = ["pbt", "untrained"], [0]
     args = argparse.Namespace(scale="smoke", seeds=seeds, rows=rows, jobs=2)
@@ -372,6 +372,32 @@ def test_smoke_benchmark_runs_pbt_and_ada_segment_through_the_service(tmp_path: 
     assert second["strategy"]["parent_weights"] == pytest.approx([best[n] for n in names])
     untrained = results["smoke-untrained-s0"]
     assert untrained["weights"] == explore["rounds"][1]["mean_weights"]
+
+
+def test_a_transfer_whose_exploration_run_is_gone_names_the_result_to_move(
+    tmp_path: Path, controller: ControllerProcess
+) -> None:
+    """The exploration's policy lives in the work folder's store, its result in git: after a
+    new checkout the result still counts as done, and the transfer must say so, not 404."""
+    from bench.effectiveness.cells import Context, run_cell
+
+    cells = {c.key: c for c in plan(SMOKE, ["ensemble"], [0])}
+    write_result(tmp_path, _result(cells["smoke-ada-a-s0"], 10.0, run_id="0123456789ab"))
+    ctx = Context(
+        scale=SMOKE,
+        data_dir=tmp_path,
+        store_uri=controller.store_uri,
+        results_dir=tmp_path,
+        work_dir=tmp_path,
+        logs_dir=tmp_path,
+        children=ChildProcesses(),
+        cells=cells,
+        controller_url=controller.url,
+    )
+    moved = result_path(tmp_path, "smoke-ada-a-s0")
+    with pytest.raises(RuntimeError, match="run 0123456789ab is not in the store") as refused:
+        run_cell(ctx, cells["smoke-ensemble-s0"])
+    assert f"move {moved} aside" in str(refused.value)
 
 
 def test_mask_scale_trains_its_model_in_every_kind_of_cell(tmp_path: Path) -> None:

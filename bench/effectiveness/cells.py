@@ -46,7 +46,7 @@ from bench.effectiveness.plan import (
     spec_hash,
     train_split,
 )
-from bench.effectiveness.results import new_result, read_result
+from bench.effectiveness.results import new_result, read_result, result_path
 from pipelines.local import (
     ChildProcesses,
     adaseg,
@@ -304,6 +304,25 @@ def _client(ctx: Context) -> ControllerClient:
     return client
 
 
+def _require_run(ctx: Context, key: str, run_id: str) -> None:
+    """Wait for the controller, then check it holds ``key``'s run. The run's policy lives in
+    the work folder's store, not in the result file: after that folder is lost (a new
+    checkout) the result still counts as done, and a transfer would fail on a bare 404."""
+    from controller_service.contract.client import NotFound
+
+    client = _client(ctx)
+    try:
+        client.get_run(run_id)
+    except NotFound:
+        path = result_path(ctx.results_dir, key)
+        raise RuntimeError(
+            f"cell {key}'s run {run_id} is not in the store {ctx.store_uri} (a new work "
+            f"folder?): move {path} aside to run that cell again"
+        ) from None
+    finally:
+        client.close()
+
+
 def run_options(cell: Cell) -> dict[str, Any]:
     """The POST /v1/runs options of a cell's run: an Ada-Segment variant changes the paper's
     settings (``PAPER_SETTINGS``); another strategy (PBT) takes its own options as given."""
@@ -426,7 +445,7 @@ def run_explore(ctx: Context, cell: Cell) -> dict[str, Any]:
 def run_transfer(ctx: Context, cell: Cell) -> dict[str, Any]:
     (explore_key,) = cell.deps
     explore = _dependency(ctx, explore_key)
-    _client(ctx).close()  # only to wait until the controller is ready
+    _require_run(ctx, explore_key, explore["run_id"])
     s = ctx.scale
     ctx.children.run(
         adaseg(
