@@ -14,7 +14,9 @@ Every cell (a row for one seed, or one grid point) runs as its own process and
 writes ``results/<cell-key>.json`` when done; a rerun skips the done cells,
 resumes the interrupted ones (their jobs and runs are in the store under
 ``work/``), and Ctrl-C (or SIGTERM) stops every process it started. A
-controller process serves the explorations and the transfer runs. The README
+controller process serves the explorations and the transfer runs; a transfer
+reads its exploration's policy from the store, so after ``work/`` is lost (a new
+checkout) its exploration's result must be moved aside and run again. The README
 and figures are rendered from the results present after every finished cell,
 with the missing ones marked pending.
 """
