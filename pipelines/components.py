@@ -235,12 +235,9 @@ def train_and_report(
         env=steps.s3_environment(s3_endpoint, s3_secure),
     )
     summary = steps.summarize_search(controller_url, run_id)
-    for name, value in summary.metrics.items():
-        metrics.log_metric(name, value)
-    with open(report.path, "w", encoding="utf-8") as file:
-        file.write(summary.markdown)
-    with open(report_html.path, "w", encoding="utf-8") as file:
-        file.write(summary.html)
+    steps.publish(
+        metrics, summary.metrics, {report.path: summary.markdown, report_html.path: summary.html}
+    )
     return (summary.run_id, summary.best_checkpoint_uri, summary.best_pq)
 
 
@@ -293,10 +290,7 @@ def transfer(
         env=steps.s3_environment(s3_endpoint, s3_secure),
     )
     summary = steps.summarize_transfer(store_uri, transfer_id)
-    for name, value in summary.metrics.items():
-        metrics.log_metric(name, value)
-    with open(report.path, "w", encoding="utf-8") as file:
-        file.write(summary.markdown)
+    steps.publish(metrics, summary.metrics, {report.path: summary.markdown})
     return (summary.checkpoint_uri, summary.transfer_id, summary.metrics["pq"])
 
 

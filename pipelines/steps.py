@@ -238,6 +238,17 @@ def run_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> No
         raise StepFailed(f"{' '.join(argv[:6])} ... exited with status {code}")
 
 
+def publish(metrics: Any, values: Mapping[str, float], pages: Mapping[str, str]) -> None:
+    """Log ``values`` on a KFP ``Metrics`` output and write each page (path → text).
+
+    Both output-publishing components end this way; KFP uploads the files after
+    the component returns."""
+    for name, value in values.items():
+        metrics.log_metric(name, value)
+    for path, text in pages.items():
+        Path(path).write_text(text, encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class SearchSummary:
     """The outputs of the search pipeline, from the finished run record."""

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,14 @@ def test_a_model_config_that_is_not_an_object_is_refused() -> None:
             worker="w",
             model_config=["preset", "gpu"],  # type: ignore[arg-type]
         )
+
+
+def test_publish_logs_each_metric_and_writes_each_page(tmp_path) -> None:
+    from kfp import dsl
+
+    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    pages = {str(tmp_path / "report.md"): "# PQ 41.5\n", str(tmp_path / "report.html"): "<p>é</p>"}
+    steps.publish(metrics, {"pq": 41.5, "sq": 80.25}, pages)
+    assert metrics.metadata == {"pq": 41.5, "sq": 80.25}
+    for path, text in pages.items():
+        assert Path(path).read_text(encoding="utf-8") == text
