@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from controller_service.search.options import DEFAULT_POPULATION, DEFAULT_ROUNDS
 from pipelines import components as c
 from pipelines.search import add_search_tasks
 from pipelines.transfer import add_transfer_task
@@ -39,8 +40,8 @@ def build_combined_pipeline(image: str = c.TRAINER_IMAGE):
         s3_endpoint: str = c.DEFAULT_S3_ENDPOINT,
         s3_secure: bool = False,
         loss_names: list = [],  # noqa: B006 - a KFP parameter default, never mutated
-        population: int = 8,
-        rounds: int = 12,
+        population: int = DEFAULT_POPULATION,
+        rounds: int = DEFAULT_ROUNDS,
         seed: int = 0,
         run_options: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
         iterations: int = 0,
@@ -50,7 +51,7 @@ def build_combined_pipeline(image: str = c.TRAINER_IMAGE):
         model_config: dict = c.DEFAULT_MODEL_CONFIG,
         transfer_data_dir: str = c.DATA_MOUNT_PATH,
         transfer_data_pvc: str = c.DEFAULT_DATA_PVC,
-        transfer_epochs: int = 12,
+        transfer_epochs: int = DEFAULT_ROUNDS,
         transfer_mode: str = "ensemble",
         transfer_gpus: int = 1,
         transfer_batch_size: int = 0,

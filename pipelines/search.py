@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from controller_service.search.options import DEFAULT_POPULATION, DEFAULT_ROUNDS
 from pipelines import components as c
 
 
@@ -138,8 +139,8 @@ def build_search_pipeline(image: str = c.TRAINER_IMAGE):
         s3_endpoint: str = c.DEFAULT_S3_ENDPOINT,
         s3_secure: bool = False,
         loss_names: list = [],  # noqa: B006 - a KFP parameter default, never mutated
-        population: int = 8,
-        rounds: int = 12,
+        population: int = DEFAULT_POPULATION,
+        rounds: int = DEFAULT_ROUNDS,
         seed: int = 0,
         run_options: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
         iterations: int = 0,

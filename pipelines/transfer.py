@@ -14,6 +14,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from controller_service.contract.external import DEFAULT_FIRST_EPOCH
+from controller_service.search.options import DEFAULT_ROUNDS
 from pipelines import components as c
 
 
@@ -95,7 +96,7 @@ def build_transfer_pipeline(image: str = c.TRAINER_IMAGE):
         store_uri: str = c.DEFAULT_STORE_URI,
         s3_endpoint: str = c.DEFAULT_S3_ENDPOINT,
         s3_secure: bool = False,
-        epochs: int = 12,
+        epochs: int = DEFAULT_ROUNDS,
         mode: str = "ensemble",
         gpus: int = 1,
         transfer_id: str = "",

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller_service.contract import limits as L
 from controller_service.search.options import (
     DEFAULT_GAMMA,
+    DEFAULT_POPULATION,
+    DEFAULT_ROUNDS,
     DEFAULT_STRATEGY,
     DEFAULT_TRANSFER_MODE,
     REWARD_TERMS,
@@ -66,9 +68,14 @@ class CreateRunRequest(Request):
     strategy: StrategyName = Field(
         DEFAULT_STRATEGY, description="'ada-segment' (the paper) or 'pbt' (Baseline-P)"
     )
-    population: int = Field(8, ge=L.MIN_POPULATION, le=L.MAX_POPULATION, description="members m")
+    population: int = Field(
+        DEFAULT_POPULATION, ge=L.MIN_POPULATION, le=L.MAX_POPULATION, description="members m"
+    )
     rounds: int = Field(
-        12, ge=L.MIN_ROUNDS, le=L.MAX_ROUNDS, description="rounds T after the pseudo epoch"
+        DEFAULT_ROUNDS,
+        ge=L.MIN_ROUNDS,
+        le=L.MAX_ROUNDS,
+        description="rounds T after the pseudo epoch",
     )
     sigma: float = Field(
         0.5,

@@ -18,6 +18,8 @@ from controller_service.contract import limits as L
 from controller_service.runs.errors import RunInputError
 from controller_service.search.base import StrategySettings, strategy_class
 from controller_service.search.options import (
+    DEFAULT_POPULATION,
+    DEFAULT_ROUNDS,
     DEFAULT_STRATEGY,
     REWARD_TERMS,
     SIGMA_MODES,
@@ -65,8 +67,8 @@ class RunSpec:
 
     loss_names: tuple[str, ...]
     strategy: str = DEFAULT_STRATEGY
-    population: int = 8
-    rounds: int = 12
+    population: int = DEFAULT_POPULATION
+    rounds: int = DEFAULT_ROUNDS
     sigma: float = 0.5
     sigma_mode: str = "relative"
     policy_lr: float = 5e-3

@@ -9,6 +9,9 @@ STRATEGY_MODULES: dict[str, str] = {
     "pbt": "controller_service.search.pbt",
 }
 DEFAULT_STRATEGY = "ada-segment"
+# The paper's population m and schedule: T rounds of one epoch each, E = T epochs for a transfer
+DEFAULT_POPULATION = 8
+DEFAULT_ROUNDS = 12
 SIGMA_MODES = ("absolute", "relative", "log")  # Eq. 2: the paper, ours, multiplicative
 REWARD_TERMS = ("local+imp", "local", "rank")  # Eq. 5, Eq. 3 only, centred ranks
 # "free": the policy's weights as drawn (the paper); "loss-sum": each weight vector scaled so
