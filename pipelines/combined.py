@@ -11,7 +11,11 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from controller_service.search.options import DEFAULT_POPULATION, DEFAULT_ROUNDS
+from controller_service.search.options import (
+    DEFAULT_POPULATION,
+    DEFAULT_ROUNDS,
+    DEFAULT_TRANSFER_MODE,
+)
 from pipelines import components as c
 from pipelines.search import add_search_tasks
 from pipelines.transfer import add_transfer_task
@@ -52,7 +56,7 @@ def build_combined_pipeline(image: str = c.TRAINER_IMAGE):
         transfer_data_dir: str = c.DATA_MOUNT_PATH,
         transfer_data_pvc: str = c.DEFAULT_DATA_PVC,
         transfer_epochs: int = DEFAULT_ROUNDS,
-        transfer_mode: str = "ensemble",
+        transfer_mode: str = DEFAULT_TRANSFER_MODE,
         transfer_gpus: int = 1,
         transfer_batch_size: int = 0,
         transfer_iterations_per_epoch: int = 0,

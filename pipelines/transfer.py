@@ -14,7 +14,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from controller_service.contract.external import DEFAULT_FIRST_EPOCH
-from controller_service.search.options import DEFAULT_ROUNDS
+from controller_service.search.options import DEFAULT_ROUNDS, DEFAULT_TRANSFER_MODE
 from pipelines import components as c
 
 
@@ -97,7 +97,7 @@ def build_transfer_pipeline(image: str = c.TRAINER_IMAGE):
         s3_endpoint: str = c.DEFAULT_S3_ENDPOINT,
         s3_secure: bool = False,
         epochs: int = DEFAULT_ROUNDS,
-        mode: str = "ensemble",
+        mode: str = DEFAULT_TRANSFER_MODE,
         gpus: int = 1,
         transfer_id: str = "",
         device: str = "cuda",
