@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(VENV)/bin/adaseg demo $(DEMO_ARGS)
 
 test: $(STAMP) kubectl chromium
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
