@@ -226,6 +226,19 @@ def run_job(
         dist.close()
 
 
+@dataclass
+class _Job:
+    """What a job trains, built (or resumed) before its first epoch."""
+
+    model: nn.Module
+    source: WeightSource
+    loader: Any
+    trainer: Trainer
+    per_epoch: int
+    history: History
+    seed: int
+
+
 def _run(
     options: JobOptions,
     store: ObjectStore,
@@ -234,6 +247,45 @@ def _run(
     should_stop: Callable[[], bool] | None,
 ) -> JobResult:
     started = time.monotonic()
+    job = _prepare(options, store, make_source, dist)
+    last_key = keys.transfer_key(options.job_id, LAST)
+
+    def save_last(state: IntervalState) -> None:
+        if dist.main:
+            _save_last(store, last_key, job.model, job.trainer, job.source, job.history)
+
+    hooks: list[HookBase] = [ProgressLogger(options.train.log_every), CheckpointHook(save_last)]
+    if should_stop is not None:
+        hooks.insert(0, StopHook(should_stop))
+    history = train_epochs(
+        job.trainer, job.loader, job.source, options.epochs, job.per_epoch, dist, job.history, hooks
+    )
+    dist.barrier()
+    if history.diverged is None and len(history.losses) < options.epochs:
+        log.warning("stopped after epoch %d; run again to resume", len(history.losses))
+        return JobResult(Ending.STOPPED, None)
+    if not dist.main:
+        return JobResult(Ending.FINISHED, None)
+    if history.diverged is None:
+        scores = _evaluate_and_save(options, store, job)
+    else:
+        log.error("training diverged: %s", history.diverged)
+        scores = dict.fromkeys(("pq", "pq_th", "pq_st", "sq", "rq"))
+    final = None if history.diverged else store.uri_of(keys.transfer_key(options.job_id, FINAL))
+    metrics = _metrics(options, job, dist, scores, final, time.monotonic() - started)
+    store.put_json(keys.transfer_key(options.job_id, METRICS), metrics)
+    store.delete(last_key)
+    log.info("metrics written to %s", store.uri_of(keys.transfer_key(options.job_id, METRICS)))
+    return JobResult(Ending.DIVERGED if history.diverged else Ending.FINISHED, metrics)
+
+
+def _prepare(
+    options: JobOptions,
+    store: ObjectStore,
+    make_source: Callable[[Any, Distributed], WeightSource],
+    dist: Distributed,
+) -> _Job:
+    """The model, weight source, loader and trainer, resumed from ``last.pt`` if there is one."""
     data = options.data
     seed = data.seed if data.seed is not None else 0
     train_split = open_split(data.root, data.split)
@@ -254,8 +306,9 @@ def _run(
                 f"{type(kept).__name__} runs on one process only (its updates use per-process "
                 "statistics)"
             )
-    loader_seed = derive_seed(seed, "data")
-    loader = train_loader(train_split, model, data, loader_seed, dist.rank, dist.world)
+    loader = train_loader(
+        train_split, model, data, derive_seed(seed, "data"), dist.rank, dist.world
+    )
     per_epoch = options.iterations_per_epoch or len(loader)
     trainer = Trainer(
         model,
@@ -280,76 +333,68 @@ def _run(
             dist.world,
             dist.device,
         )
+    return _Job(model, source, loader, trainer, per_epoch, history, seed)
 
-    def save_last(state: IntervalState) -> None:
-        if dist.main:
-            _save_last(store, last_key, model, trainer, source, history)
 
-    hooks: list[HookBase] = [ProgressLogger(options.train.log_every), CheckpointHook(save_last)]
-    if should_stop is not None:
-        hooks.insert(0, StopHook(should_stop))
-    history = train_epochs(trainer, loader, source, options.epochs, per_epoch, dist, history, hooks)
-    dist.barrier()
-    if history.diverged is None and len(history.losses) < options.epochs:
-        log.warning("stopped after epoch %d; run again to resume", len(history.losses))
-        return JobResult(Ending.STOPPED, None)
-    if not dist.main:
-        return JobResult(Ending.FINISHED, None)
-    scores: dict[str, float | None] = dict.fromkeys(("pq", "pq_th", "pq_st", "sq", "rq"))
-    if history.diverged is None:
-        val_split = open_split(data.root, options.val_split)
-        eval_started = time.monotonic()
-        batch = options.eval_batch_size or data.batch_size
-        scores = evaluate_pq(model, val_split, batch, workers=data.workers)
-        log.info(
-            "PQ %.2f (things %.2f, stuff %.2f) on %s (%d images, %.1fs)",
-            scores["pq"],
-            scores["pq_th"],
-            scores["pq_st"],
-            options.val_split,
-            len(val_split),
-            time.monotonic() - eval_started,
-        )
-        final = Checkpoint(
-            model_name=model.model_name,
-            model_config=model.config,
-            model_state=model.state_dict(),
-            trainer_state=trainer.state_dict(),
-            weights=history.weights[-1] if history.weights else None,
-            extra={"job": options.job_id, **options.metadata},
-        )
-        save_checkpoint(store, keys.transfer_key(options.job_id, FINAL), final)
-    else:
-        log.error("training diverged: %s", history.diverged)
-    metrics = {
+def _evaluate_and_save(options: JobOptions, store: ObjectStore, job: _Job) -> dict[str, float]:
+    """PQ on the validation split, then the final checkpoint (rank 0, after a whole training)."""
+    val_split = open_split(options.data.root, options.val_split)
+    eval_started = time.monotonic()
+    batch = options.eval_batch_size or options.data.batch_size
+    scores = evaluate_pq(job.model, val_split, batch, workers=options.data.workers)
+    log.info(
+        "PQ %.2f (things %.2f, stuff %.2f) on %s (%d images, %.1fs)",
+        scores["pq"],
+        scores["pq_th"],
+        scores["pq_st"],
+        options.val_split,
+        len(val_split),
+        time.monotonic() - eval_started,
+    )
+    history = job.history
+    final = Checkpoint(
+        model_name=job.model.model_name,
+        model_config=job.model.config,
+        model_state=job.model.state_dict(),
+        trainer_state=job.trainer.state_dict(),
+        weights=history.weights[-1] if history.weights else None,
+        extra={"job": options.job_id, **options.metadata},
+    )
+    save_checkpoint(store, keys.transfer_key(options.job_id, FINAL), final)
+    return scores
+
+
+def _metrics(
+    options: JobOptions,
+    job: _Job,
+    dist: Distributed,
+    scores: Mapping[str, float | None],
+    final_checkpoint: str | None,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The job's ``metrics.json``: scores, the per-epoch history and the settings it ran."""
+    data, train = options.data, options.train
+    return {
         **scores,
-        **history.as_dict(),
-        "clipped": source.clipped,
+        **job.history.as_dict(),
+        "clipped": job.source.clipped,
         "epochs": options.epochs,
-        "iterations_per_epoch": per_epoch,
+        "iterations_per_epoch": job.per_epoch,
         "batch_size": data.batch_size,
         "world_size": dist.world,
-        "wall_seconds": round(time.monotonic() - started, 3),
-        "model": model.model_name,
-        "model_config": {k: v for k, v in model.config.items() if k != "categories"},
-        "lr": options.train.lr,
-        "momentum": options.train.momentum,
-        "weight_decay": options.train.weight_decay,
-        "head_lr_scaling": options.train.head_lr_scaling,
+        "wall_seconds": round(wall_seconds, 3),
+        "model": job.model.model_name,
+        "model_config": {k: v for k, v in job.model.config.items() if k != "categories"},
+        "lr": train.lr,
+        "momentum": train.momentum,
+        "weight_decay": train.weight_decay,
+        "head_lr_scaling": train.head_lr_scaling,
         "data": str(data.root),
         "val_split": options.val_split,
-        "seed": seed,
-        "final_checkpoint": (
-            store.uri_of(keys.transfer_key(options.job_id, FINAL))
-            if history.diverged is None
-            else None
-        ),
+        "seed": job.seed,
+        "final_checkpoint": final_checkpoint,
         **options.metadata,
     }
-    store.put_json(keys.transfer_key(options.job_id, METRICS), metrics)
-    store.delete(keys.transfer_key(options.job_id, LAST))
-    log.info("metrics written to %s", store.uri_of(keys.transfer_key(options.job_id, METRICS)))
-    return JobResult(Ending.DIVERGED if history.diverged else Ending.FINISHED, metrics)
 
 
 def _save_last(
