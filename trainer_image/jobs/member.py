@@ -329,18 +329,7 @@ class Worker:
             proxy_train, model, self.options.data, derive_seed(self.seed, "data", epoch)
         )
         per_epoch = self.options.iterations or len(loader)
-        trainer = Trainer(model, self.options.train, epochs * per_epoch, self.device)
-        if start.trainer_state is not None:  # the broadcast: optimizer and schedule included
-            trainer.load_state_dict(start.trainer_state)
-            if trainer.iteration != epoch * per_epoch:
-                log.warning(
-                    "%s checkpoint is at global iteration %d, the schedule says %d; "
-                    "following the schedule",
-                    label,
-                    trainer.iteration,
-                    epoch * per_epoch,
-                )
-        trainer.iteration = epoch * per_epoch
+        trainer = self._scheduled_trainer(model, start, epoch, epochs, per_epoch, label)
         torch.manual_seed(derive_seed(self.seed, "train", round_, member))
         log.info(
             "%s phase=train epoch %d of %d, %d iterations of %d images, weights %s",
@@ -389,14 +378,7 @@ class Worker:
             member=member,
             extra={"losses": result.losses, "scores": scores},
         )
-        target = assignment.checkpoint_uri
-        key = (
-            self.store.key_of(target)
-            if target
-            else keys.member_checkpoint_key(run_id, round_, member)
-        )
-        uri = save_checkpoint(self.store, key, checkpoint)
-        log.info("%s phase=save %s", label, uri)
+        uri = self._save(assignment, checkpoint, label)
         return Outcome(
             losses=result.losses,
             pq=scores["pq"],
@@ -410,3 +392,34 @@ class Worker:
                 "worker": self.options.worker_id,
             },
         )
+
+    def _scheduled_trainer(
+        self, model: Any, start: Checkpoint, epoch: int, epochs: int, per_epoch: int, label: str
+    ) -> Trainer:
+        """A trainer at the start of ``epoch`` on the run's one schedule of ``epochs`` epochs,
+        with the broadcast's optimizer state when the start checkpoint has one."""
+        trainer = Trainer(model, self.options.train, epochs * per_epoch, self.device)
+        if start.trainer_state is not None:  # the broadcast: optimizer and schedule included
+            trainer.load_state_dict(start.trainer_state)
+            if trainer.iteration != epoch * per_epoch:
+                log.warning(
+                    "%s checkpoint is at global iteration %d, the schedule says %d; "
+                    "following the schedule",
+                    label,
+                    trainer.iteration,
+                    epoch * per_epoch,
+                )
+        trainer.iteration = epoch * per_epoch
+        return trainer
+
+    def _save(self, assignment: Assignment, checkpoint: Checkpoint, label: str) -> str:
+        """Upload the member's checkpoint where the controller asked (or to the default key)."""
+        target = assignment.checkpoint_uri
+        key = (
+            self.store.key_of(target)
+            if target
+            else keys.member_checkpoint_key(self.options.run, assignment.round, assignment.member)
+        )
+        uri = save_checkpoint(self.store, key, checkpoint)
+        log.info("%s phase=save %s", label, uri)
+        return uri
