@@ -31,6 +31,19 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
 
 
+def he_init(network: nn.Module) -> None:
+    """He init for every conv (fan-out, as the published models use for their non-pretrained
+    parts), unit scale and zero shift for every norm; other layers keep PyTorch's init."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 def conv_norm_relu(
     in_channels: int,
     out_channels: int,

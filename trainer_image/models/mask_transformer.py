@@ -112,7 +112,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_image.models.backbone import NORMS, ResNetBackbone, conv_norm_relu
+from trainer_image.models.backbone import NORMS, ResNetBackbone, conv_norm_relu, he_init
 from trainer_image.models.losses import IGNORE_LABEL, hard_pixel_cross_entropy
 from trainer_image.models.mask_losses import (
     class_cross_entropy,
@@ -445,14 +445,7 @@ class MaskTransformer(nn.Module):
 
     def _initialise(self) -> None:
         """He init for convs, as the other model; attention and linears keep PyTorch's."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init(self)
 
     @property
     def device(self) -> torch.device:

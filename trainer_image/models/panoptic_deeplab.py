@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_image.models.backbone import NORMS, ResNetBackbone, conv_norm_relu
+from trainer_image.models.backbone import NORMS, ResNetBackbone, conv_norm_relu, he_init
 from trainer_image.models.losses import hard_pixel_cross_entropy, weighted_l1, weighted_mse
 from trainer_image.models.postprocess import PanopticPrediction, panoptic_postprocess
 from trainer_image.models.registry import (
@@ -174,14 +174,7 @@ class PanopticDeepLab(nn.Module):
     def _initialise(self) -> None:
         """He init for convs (as the paper does for non-pretrained parts);
         predictors start near zero, as published, so early losses are tame."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init(self)
         for head in (self.semantic_head, self.center_head, self.offset_head):
             nn.init.normal_(head.predictor.weight, 0.0, 0.001)
             nn.init.zeros_(head.predictor.bias)
