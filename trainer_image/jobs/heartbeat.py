@@ -49,8 +49,10 @@ class Heartbeat:
 
     def _loop(self) -> None:
         in_flight: list[threading.Thread] = []
-        while not self._stop.wait(self.interval) and not self.lost.is_set():
+        while not self._stop.wait(self.interval):
             in_flight = [beat for beat in in_flight if beat.is_alive()]
+            if self.lost.is_set():  # checked after pruning: a beat sets it before it ends
+                return
             if len(in_flight) >= MAX_IN_FLIGHT:
                 continue  # the controller is not answering; the beats waiting will tell
             beat = threading.Thread(target=self._beat_once, name="heartbeat-beat", daemon=True)
