@@ -242,33 +242,25 @@ def _phase_status(phase: PhaseTable) -> str:
     return text + "."
 
 
-def held_out_markdown(
-    *,
-    scale: Scale,
-    phases: Mapping[str, PhaseTable],
-    frozen: Any,
-    machine: str,
-    per_epoch: float | None,
-    notes: str | None,
-    analysis: str | None,
-    plots: Mapping[str, Sequence[str]],
-) -> str:
-    """The README of a held-out scale (pure)."""
-    s = scale
-    dev, test = phases[DEV], phases[TEST]
-    proxy_train, proxy_val = proxy_split_names(0)
-    proxy = f"{s.proxy_val} images" if isinstance(s.proxy_val, int) else f"{s.proxy_val:.0%}"
+def _frozen_line(s: Scale, frozen: Any) -> str:
+    """Where the settings were frozen, or why no test cell may run yet."""
     document = getattr(frozen, "document", None)
     if document and getattr(frozen, "commit", None) and frozen.clean:
-        frozen_line = (
+        return (
             f"Settings frozen in commit `{frozen.commit[:10]}` (`frozen/{s.name}.json`, "
             f"{document.get('frozen_at')}): rows {', '.join(f'`{r}`' for r in document['rows'])}."
         )
-    elif document:
-        frozen_line = f"`frozen/{s.name}.json` is written but not committed: no test cell may run."
-    else:
-        frozen_line = "Settings not frozen yet: no test cell has run."
-    rows = [r.row.name for r in dev.rows]
+    if document:
+        return f"`frozen/{s.name}.json` is written but not committed: no test cell may run."
+    return "Settings not frozen yet: no test cell has run."
+
+
+def _proxy_size(s: Scale) -> str:
+    return f"{s.proxy_val} images" if isinstance(s.proxy_val, int) else f"{s.proxy_val:.0%}"
+
+
+def _setup(s: Scale) -> str:
+    """The data, model, schedule and search sizes every row shares."""
     lr = 0.02 if s.lr is None else s.lr
     facts = model_facts(s)
     model = (
@@ -276,7 +268,7 @@ def held_out_markdown(
         if s.model is None
         else f"`{facts.name}` at its tiny preset, {len(facts.loss_names)} losses"
     )
-    setup = (
+    return (
         f"Synthetic COCO-panoptic data (`adaseg data synth`, seed {s.data_seed}): {s.images} "
         f"train and {s.val_images} val images of {s.size}×{s.size}. Model: {model} "
         f"(losses {', '.join(facts.loss_names)}). Every row trains E = {s.epochs} "
@@ -284,8 +276,15 @@ def held_out_markdown(
         f"gradient clip 10) on one cosine schedule. Exploration (and PBT): population "
         f"m = {s.population}, T = {s.rounds} rounds of one epoch after the pseudo epoch, "
         f"i.e. {s.search_epochs} member-epochs per seed, members scored on proxy-val "
-        f"({proxy} of train)."
+        f"({_proxy_size(s)} of train)."
     )
+
+
+def _protocol(s: Scale, rows: Sequence[str], frozen_line: str) -> str:
+    """Seeds, images, scores, freeze, head rule, grids and statistics, as a bullet list."""
+    proxy_train, proxy_val = proxy_split_names(0)
+    proxy = _proxy_size(s)
+    n_losses = len(model_facts(s).loss_names)
     grids = (
         "`grid-neutral` knows nothing of the published weights: semantic at 1, center "
         "and offset at l¹_semantic / l¹_i (the equal-loss normalisation of the seed's pseudo "
@@ -293,15 +292,15 @@ def held_out_markdown(
         "grid around the published weights (prior knowledge no new model has), kept as a "
         "labelled row. Both pick on proxy-val; the pick's own model is the row's model."
         if has_grids(s)
-        else f"None: with {len(facts.loss_names)} losses even three points per loss would "
-        f"be 3^{len(facts.loss_names) - 1} trainings, which is the case the method is for."
+        else f"None: with {n_losses} losses even three points per loss would "
+        f"be 3^{n_losses - 1} trainings, which is the case the method is for."
     )
     plain = (
         ", so `published-plain` and `untrained-plain` give the static rows under that rule too"
         if "published-plain" in rows
         else " (this scale has no rows of static weights under that rule)"
     )
-    protocol = f"""\
+    return f"""\
 - **Seeds.** Dev seeds {", ".join(map(str, s.dev_seeds))}; test seeds \
 {", ".join(map(str, s.test_seeds))}, used by no earlier run. A seed sets the initial model, \
 the data order and the proxy split; every row of a seed starts from the same initial model.
@@ -327,6 +326,39 @@ their heads at lr only{plain}.
 untrained policy, paired by seed: mean [95 % percentile bootstrap interval over seeds, \
 exact], wins–losses. With 3 or 5 seeds the interval cannot reach past the smallest or \
 largest difference: it is narrow, not conservative."""
+
+
+def _cost_paragraph(per_epoch: float | None) -> str:
+    rate = (
+        f"the measured median of the static trainings here, {per_epoch:.1f} s per epoch on one core"
+        if per_epoch
+        else "the static trainings' rate (none measured yet)"
+    )
+    return (
+        "Cost: epochs one seed trains for the row, everything it needs included (the "
+        f"exploration of each transfer row, the pseudo epoch, every grid point), priced at {rate}"
+        ". An exploration's epoch also scores its member on proxy-val, so its rows cost a "
+        "little more. The whole table is for one process per core on 2 cores: half the "
+        "core-hours in wall time when nothing else runs."
+    )
+
+
+def held_out_markdown(
+    *,
+    scale: Scale,
+    phases: Mapping[str, PhaseTable],
+    frozen: Any,
+    machine: str,
+    per_epoch: float | None,
+    notes: str | None,
+    analysis: str | None,
+    plots: Mapping[str, Sequence[str]],
+) -> str:
+    """The README of a held-out scale (pure)."""
+    s = scale
+    dev, test = phases[DEV], phases[TEST]
+    frozen_line = _frozen_line(s, frozen)
+    rows = [r.row.name for r in dev.rows]
     parts = [
         f"# Effectiveness at {s.name} scale, on a held-out protocol",
         "",
@@ -359,23 +391,13 @@ largest difference: it is narrow, not conservative."""
         "",
         "## Protocol",
         "",
-        protocol,
+        _protocol(s, rows, frozen_line),
         "",
         "## Setup and cost",
         "",
-        setup,
+        _setup(s),
         "",
-        "Cost: epochs one seed trains for the row, everything it needs included (the "
-        "exploration of each transfer row, the pseudo epoch, every grid point), priced at "
-        + (
-            "the measured median of the static trainings here, "
-            f"{per_epoch:.1f} s per epoch on one core"
-            if per_epoch
-            else "the static trainings' rate (none measured yet)"
-        )
-        + ". An exploration's epoch also scores its member on proxy-val, so its rows cost a "
-        "little more. The whole table is for one process per core on 2 cores: half the "
-        "core-hours in wall time when nothing else runs.",
+        _cost_paragraph(per_epoch),
         "",
         cost_table(s, rows, per_epoch),
         "",
