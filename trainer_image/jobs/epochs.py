@@ -247,8 +247,8 @@ def _run(
     should_stop: Callable[[], bool] | None,
 ) -> JobResult:
     started = time.monotonic()
-    job = _prepare(options, store, make_source, dist)
     last_key = keys.transfer_key(options.job_id, LAST)
+    job = _prepare(options, store, last_key, make_source, dist)
 
     def save_last(state: IntervalState) -> None:
         if dist.main:
@@ -282,10 +282,11 @@ def _run(
 def _prepare(
     options: JobOptions,
     store: ObjectStore,
+    last_key: str,
     make_source: Callable[[Any, Distributed], WeightSource],
     dist: Distributed,
 ) -> _Job:
-    """The model, weight source, loader and trainer, resumed from ``last.pt`` if there is one."""
+    """The model, weight source, loader and trainer, resumed from ``last_key`` if it exists."""
     data = options.data
     seed = data.seed if data.seed is not None else 0
     train_split = open_split(data.root, data.split)
@@ -319,7 +320,6 @@ def _prepare(
         distributed=dist.active,
     )
     history = History()
-    last_key = keys.transfer_key(options.job_id, LAST)
     if store.exists(last_key):
         history = _resume(store, last_key, model, trainer, source)
         log.info("resumed %s after epoch %d", options.job_id, len(history.losses))
